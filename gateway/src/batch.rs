@@ -1,0 +1,400 @@
+//! `FreshBatch -> Arrow RecordBatches`, grouped by table and hourly partition.
+//!
+//! Owns the table schemas (the public contract in `docs/data-layout.md`) and the rule that picks
+//! an event's partition. Does no I/O; the stage that turns these rows into Parquet files is
+//! [`crate::writer`].
+//!
+//! Invariants:
+//! - Rows are a pure function of (body, freshness, received time, partition bounds): a replay of
+//!   the write-ahead log produces the same rows in the same partitions.
+//! - Timestamps are microseconds, UTC; an event time further than the bounds from the receive
+//!   time is partitioned by receive time and flagged in `ts_out_of_bounds`.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, StringBuilder, TimestampMicrosecondBuilder, UInt32Builder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::dedup::FreshBatch;
+use crate::validate::{EventKind, ValidEvent};
+
+const MICROS_PER_HOUR: i64 = 3_600_000_000;
+
+/// The three datasets under the storage root.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Table {
+    Assignments,
+    Conversions,
+    Rejected,
+}
+
+impl Table {
+    pub const ALL: [Table; 3] = [Table::Assignments, Table::Conversions, Table::Rejected];
+
+    /// Folder name under the storage root.
+    pub fn dir(self) -> &'static str {
+        match self {
+            Table::Assignments => "assignments",
+            Table::Conversions => "conversions",
+            Table::Rejected => "rejected",
+        }
+    }
+
+    pub fn schema(self) -> SchemaRef {
+        match self {
+            Table::Assignments => ASSIGNMENTS.clone(),
+            Table::Conversions => CONVERSIONS.clone(),
+            Table::Rejected => REJECTED.clone(),
+        }
+    }
+}
+
+/// One Hive partition of one table: `{table}/date=YYYY-MM-DD/hour=HH`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PartitionKey {
+    pub table: Table,
+    /// Hours since the Unix epoch (UTC).
+    pub hour: i64,
+}
+
+impl PartitionKey {
+    /// `assignments/date=2025-11-29/hour=07`
+    pub fn path(&self) -> String {
+        let t = chrono::DateTime::from_timestamp(self.hour * 3600, 0).unwrap_or_default();
+        format!(
+            "{}/date={}/hour={}",
+            self.table.dir(),
+            t.format("%Y-%m-%d"),
+            t.format("%H")
+        )
+    }
+}
+
+/// How far an event time may be from its receive time and still choose the partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionBounds {
+    pub max_past_micros: i64,
+    pub max_future_micros: i64,
+}
+
+impl PartitionBounds {
+    /// The partition hour and whether `ts` was out of bounds.
+    fn hour(&self, ts_micros: i64, received_micros: i64) -> (i64, bool) {
+        let lo = received_micros.saturating_sub(self.max_past_micros);
+        let hi = received_micros.saturating_add(self.max_future_micros);
+        if (lo..=hi).contains(&ts_micros) {
+            (ts_micros.div_euclid(MICROS_PER_HOUR), false)
+        } else {
+            (received_micros.div_euclid(MICROS_PER_HOUR), true)
+        }
+    }
+}
+
+/// Rows for one partition, ready for the writer.
+#[derive(Debug, Clone)]
+pub struct PartitionRows {
+    pub key: PartitionKey,
+    pub batch: RecordBatch,
+}
+
+fn ts_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
+}
+
+static ASSIGNMENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("ts", ts_type(), false),
+        Field::new("received_at", ts_type(), false),
+        Field::new("ts_out_of_bounds", DataType::Boolean, false),
+        Field::new("user_id", DataType::Utf8, false),
+        Field::new("experiment", DataType::Utf8, false),
+        Field::new("variant", DataType::Utf8, false),
+        Field::new("props", DataType::Utf8, true),
+    ]))
+});
+
+static CONVERSIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("event_id", DataType::Utf8, false),
+        Field::new("ts", ts_type(), false),
+        Field::new("received_at", ts_type(), false),
+        Field::new("ts_out_of_bounds", DataType::Boolean, false),
+        Field::new("user_id", DataType::Utf8, false),
+        Field::new("name", DataType::Utf8, false),
+        Field::new("value", DataType::Float64, true),
+        Field::new("experiment", DataType::Utf8, true),
+        Field::new("variant", DataType::Utf8, true),
+        Field::new("props", DataType::Utf8, true),
+    ]))
+});
+
+static REJECTED: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("received_at", ts_type(), false),
+        Field::new("batch_index", DataType::UInt32, false),
+        Field::new("event_id", DataType::Utf8, true),
+        Field::new("code", DataType::Utf8, false),
+        Field::new("message", DataType::Utf8, false),
+        Field::new("raw", DataType::Utf8, false),
+    ]))
+});
+
+/// Column builders shared by the two event tables; `name`/`value` stay empty for assignments.
+struct EventColumns {
+    event_id: StringBuilder,
+    ts: TimestampMicrosecondBuilder,
+    received_at: TimestampMicrosecondBuilder,
+    out_of_bounds: BooleanBuilder,
+    user_id: StringBuilder,
+    name: StringBuilder,
+    value: Float64Builder,
+    experiment: StringBuilder,
+    variant: StringBuilder,
+    props: StringBuilder,
+}
+
+impl EventColumns {
+    fn new(rows: usize) -> Self {
+        let ts = || TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC");
+        Self {
+            event_id: StringBuilder::with_capacity(rows, rows * 36),
+            ts: ts(),
+            received_at: ts(),
+            out_of_bounds: BooleanBuilder::with_capacity(rows),
+            user_id: StringBuilder::with_capacity(rows, rows * 16),
+            name: StringBuilder::new(),
+            value: Float64Builder::new(),
+            experiment: StringBuilder::with_capacity(rows, rows * 16),
+            variant: StringBuilder::with_capacity(rows, rows * 8),
+            props: StringBuilder::new(),
+        }
+    }
+
+    fn append(&mut self, e: &ValidEvent<'_>, received_micros: i64, out_of_bounds: bool) {
+        self.event_id.append_value(&e.event_id);
+        self.ts.append_value(e.ts_micros);
+        self.received_at.append_value(received_micros);
+        self.out_of_bounds.append_value(out_of_bounds);
+        self.user_id.append_value(&e.user_id);
+        self.experiment.append_option(e.experiment.as_deref());
+        self.variant.append_option(e.variant.as_deref());
+        self.props.append_option(e.props);
+        if e.kind == EventKind::Conversion {
+            self.name.append_option(e.name.as_deref());
+            self.value.append_option(e.value);
+        }
+    }
+
+    fn finish(mut self, table: Table) -> RecordBatch {
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(self.event_id.finish()),
+            Arc::new(self.ts.finish()),
+            Arc::new(self.received_at.finish()),
+            Arc::new(self.out_of_bounds.finish()),
+            Arc::new(self.user_id.finish()),
+        ];
+        if table == Table::Conversions {
+            columns.push(Arc::new(self.name.finish()));
+            columns.push(Arc::new(self.value.finish()));
+        }
+        columns.push(Arc::new(self.experiment.finish()));
+        columns.push(Arc::new(self.variant.finish()));
+        columns.push(Arc::new(self.props.finish()));
+        RecordBatch::try_new(table.schema(), columns).expect("columns follow the table schema")
+    }
+}
+
+/// Turn the fresh events and the rejections of one request into rows per partition.
+///
+/// Typical requests touch one or two partitions, so the groups are a short list, not a map.
+pub fn rows(
+    fresh: &FreshBatch<'_>,
+    received_micros: i64,
+    bounds: PartitionBounds,
+) -> Vec<PartitionRows> {
+    let mut groups: Vec<(PartitionKey, EventColumns)> = Vec::new();
+    let n = fresh.accepted().max(1);
+    for (event, _) in fresh
+        .valid
+        .events
+        .iter()
+        .zip(&fresh.fresh)
+        .filter(|(_, f)| **f)
+    {
+        let (hour, out_of_bounds) = bounds.hour(event.ts_micros, received_micros);
+        let table = match event.kind {
+            EventKind::Assignment => Table::Assignments,
+            EventKind::Conversion => Table::Conversions,
+        };
+        let key = PartitionKey { table, hour };
+        let columns = match groups.iter().position(|(k, _)| *k == key) {
+            Some(i) => &mut groups[i].1,
+            None => {
+                groups.push((key, EventColumns::new(n)));
+                &mut groups.last_mut().expect("just pushed").1
+            }
+        };
+        columns.append(event, received_micros, out_of_bounds);
+    }
+    let mut out: Vec<PartitionRows> = groups
+        .into_iter()
+        .map(|(key, columns)| PartitionRows {
+            key,
+            batch: columns.finish(key.table),
+        })
+        .collect();
+    if !fresh.valid.rejected.is_empty() {
+        out.push(rejected_rows(fresh, received_micros));
+    }
+    out
+}
+
+fn rejected_rows(fresh: &FreshBatch<'_>, received_micros: i64) -> PartitionRows {
+    let rejected = &fresh.valid.rejected;
+    let n = rejected.len();
+    let mut received_at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+    let mut index = UInt32Builder::with_capacity(n);
+    let mut event_id = StringBuilder::new();
+    let mut code = StringBuilder::new();
+    let mut message = StringBuilder::new();
+    let mut raw = StringBuilder::new();
+    for r in rejected {
+        received_at.append_value(received_micros);
+        index.append_value(r.index);
+        event_id.append_option(r.event_id.as_deref());
+        code.append_value(r.code.as_str());
+        message.append_value(&r.message);
+        raw.append_value(&r.raw);
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(received_at.finish()),
+        Arc::new(index.finish()),
+        Arc::new(event_id.finish()),
+        Arc::new(code.finish()),
+        Arc::new(message.finish()),
+        Arc::new(raw.finish()),
+    ];
+    PartitionRows {
+        key: PartitionKey {
+            table: Table::Rejected,
+            hour: received_micros.div_euclid(MICROS_PER_HOUR),
+        },
+        batch: RecordBatch::try_new(Table::Rejected.schema(), columns)
+            .expect("columns follow the rejected schema"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dedup::{DedupConfig, DedupWindow};
+    use crate::validate::{BodyFormat, decode};
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::TimestampMicrosecondType;
+    use std::time::Duration;
+
+    const HOUR: i64 = MICROS_PER_HOUR;
+    const BOUNDS: PartitionBounds = PartitionBounds {
+        max_past_micros: 48 * HOUR,
+        max_future_micros: HOUR,
+    };
+
+    fn rows_of(body: &str, received: i64) -> Vec<PartitionRows> {
+        let valid = decode(body.as_bytes(), BodyFormat::JsonArray, 100).unwrap();
+        let dedup = DedupWindow::new(DedupConfig {
+            window: Duration::from_secs(60),
+            max_ids: 100,
+        });
+        rows(&dedup.admit(valid, received / 1000), received, BOUNDS)
+    }
+
+    #[test]
+    fn events_are_grouped_by_table_and_hour_with_typed_columns() {
+        let received = 1_764_419_696_789_000; // 2025-11-29T12:34:56.789Z
+        let body = r#"[
+          {"event_id":"a","type":"assignment","ts":1764419696789,"user_id":"u","experiment":"e","variant":"v"},
+          {"event_id":"b","type":"conversion","ts":"2025-11-29T11:00:00Z","user_id":"u","name":"buy","value":2.5},
+          {"event_id":"c","type":"conversion","ts":1764419696789,"user_id":"u","name":"buy","props":{"k":"v"}},
+          {"event_id":"d","type":"oops"}
+        ]"#;
+        let out = rows_of(body, received);
+        let keys: Vec<String> = out.iter().map(|r| r.key.path()).collect();
+        assert_eq!(
+            keys,
+            [
+                "assignments/date=2025-11-29/hour=12",
+                "conversions/date=2025-11-29/hour=11",
+                "conversions/date=2025-11-29/hour=12",
+                "rejected/date=2025-11-29/hour=12"
+            ]
+        );
+        let conv = &out[2].batch;
+        assert_eq!(conv.schema(), Table::Conversions.schema());
+        assert_eq!(
+            conv.column_by_name("props")
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            r#"{"k":"v"}"#
+        );
+        let ts = out[0]
+            .batch
+            .column_by_name("ts")
+            .unwrap()
+            .as_primitive::<TimestampMicrosecondType>();
+        assert_eq!(ts.value(0), 1_764_419_696_789_000);
+        let value = out[1]
+            .batch
+            .column_by_name("value")
+            .unwrap()
+            .as_primitive::<arrow_array::types::Float64Type>();
+        assert_eq!(value.value(0), 2.5);
+        let rejected = &out[3].batch;
+        assert_eq!(
+            rejected
+                .column_by_name("code")
+                .unwrap()
+                .as_string::<i32>()
+                .value(0),
+            "invalid_value"
+        );
+        assert_eq!(
+            rejected
+                .column_by_name("batch_index")
+                .unwrap()
+                .as_primitive::<arrow_array::types::UInt32Type>()
+                .value(0),
+            3
+        );
+    }
+
+    #[test]
+    fn a_bad_client_clock_is_partitioned_by_receive_time_and_flagged() {
+        let received = 1_764_419_696_789_000;
+        let body = r#"[{"event_id":"a","type":"assignment","ts":"2021-01-01T00:00:00Z","user_id":"u","experiment":"e","variant":"v"}]"#;
+        let out = rows_of(body, received);
+        assert_eq!(out[0].key.path(), "assignments/date=2025-11-29/hour=12");
+        let flag = out[0]
+            .batch
+            .column_by_name("ts_out_of_bounds")
+            .unwrap()
+            .as_boolean();
+        assert!(flag.value(0));
+    }
+
+    #[test]
+    fn duplicates_produce_no_rows() {
+        let received = 1_764_419_696_789_000;
+        let body = r#"[
+          {"event_id":"a","type":"assignment","ts":1764419696789,"user_id":"u","experiment":"e","variant":"v"},
+          {"event_id":"a","type":"assignment","ts":1764419696789,"user_id":"u","experiment":"e","variant":"v"}
+        ]"#;
+        let out = rows_of(body, received);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].batch.num_rows(), 1);
+    }
+}

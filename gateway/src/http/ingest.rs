@@ -1,0 +1,195 @@
+//! `POST /v1/events`: read the body, validate, dedup, log, acknowledge.
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+
+use super::AppState;
+use super::response::{ApiError, Body, json};
+use crate::batch;
+use crate::pipeline::{DecompressError, decompress};
+use crate::validate::{self, BodyError, BodyFormat};
+use crate::wal::record::{ENCODING_GZIP, ENCODING_IDENTITY, ENCODING_ZSTD};
+use crate::wal::{AppendError, BatchRecord};
+
+#[derive(Serialize)]
+struct IngestResponse<'a> {
+    accepted: usize,
+    duplicates: usize,
+    rejected: Vec<RejectedEvent<'a>>,
+}
+
+#[derive(Serialize)]
+struct RejectedEvent<'a> {
+    index: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<&'a str>,
+    code: &'static str,
+    message: &'a str,
+}
+
+pub async fn handle(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let format = body_format(req.headers())?;
+    let encoding = content_encoding(req.headers())?;
+    let limits = state.config.limits;
+    if let Some(len) = content_length(req.headers())
+        && len > limits.max_body_bytes
+    {
+        return Err(too_large(limits.max_body_bytes));
+    }
+    let wire: Bytes = Limited::new(req.into_body(), limits.max_body_bytes)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_large(limits.max_body_bytes)
+            } else {
+                ApiError::bad_request("unreadable_body", format!("could not read the body: {e}"))
+            }
+        })?
+        .to_bytes();
+    let plain =
+        decompress(encoding, &wire, limits.max_decompressed_bytes).map_err(|e| match e {
+            DecompressError::TooLarge { limit } => {
+                ApiError::PayloadTooLarge(format!("body decompresses to more than {limit} bytes"))
+            }
+            other => ApiError::bad_request("invalid_encoding", other.to_string()),
+        })?;
+
+    let received = chrono::Utc::now();
+    let received_micros = received.timestamp_micros();
+    let valid = validate::decode(&plain, format, limits.max_events).map_err(|e| match e {
+        BodyError::TooManyEvents { limit } => {
+            ApiError::PayloadTooLarge(format!("batch has more than {limit} events"))
+        }
+        BodyError::Syntax { offset, reason } => ApiError::BadRequest {
+            code: "invalid_json",
+            message: format!("body is not valid JSON at byte {offset}: {reason}"),
+            offset: Some(offset),
+        },
+        BodyError::NotAnArray => {
+            ApiError::bad_request("invalid_json", "body must be a JSON array of event objects")
+        }
+    })?;
+    let fresh = state
+        .pipeline
+        .dedup
+        .admit(valid, received.timestamp_millis());
+    let accepted = fresh.accepted();
+    let duplicates = fresh.duplicates();
+
+    // Nothing new and nothing refused (all duplicates, or an empty batch): nothing to log.
+    if accepted > 0 || !fresh.valid.rejected.is_empty() {
+        let rows = batch::rows(&fresh, received_micros, state.pipeline.bounds);
+        let record = BatchRecord {
+            seq: 0,
+            received_micros,
+            bounds: state.pipeline.bounds,
+            format,
+            encoding,
+            fresh: fresh.fresh.clone(),
+            body: wire,
+        };
+        let result = match state.pipeline.wal.try_append(record, rows) {
+            Ok(ack) => ack.await.unwrap_or(Err(AppendError::Closed)),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = result {
+            // Not acknowledged: forget the ids so the client's retry is not a "duplicate".
+            state.pipeline.dedup.forget(&fresh.inserted);
+            return Err(unavailable(e));
+        }
+    }
+
+    record_metrics(&fresh);
+    let body = IngestResponse {
+        accepted,
+        duplicates,
+        rejected: fresh
+            .valid
+            .rejected
+            .iter()
+            .map(|r| RejectedEvent {
+                index: r.index,
+                event_id: r.event_id.as_deref(),
+                code: r.code.as_str(),
+                message: &r.message,
+            })
+            .collect(),
+    };
+    Ok(json(StatusCode::OK, &body))
+}
+
+fn record_metrics(fresh: &crate::dedup::FreshBatch<'_>) {
+    metrics::counter!(crate::metrics::EVENTS_ACCEPTED).increment(fresh.accepted() as u64);
+    metrics::counter!(crate::metrics::EVENTS_DUPLICATE).increment(fresh.duplicates() as u64);
+    for r in &fresh.valid.rejected {
+        metrics::counter!(crate::metrics::EVENTS_REJECTED, "code" => r.code.as_str()).increment(1);
+    }
+}
+
+fn unavailable(e: AppendError) -> ApiError {
+    let reason = match e {
+        AppendError::Busy => "overloaded",
+        AppendError::OverBudget { .. } => "log_full",
+        AppendError::Io(_) => "log_unwritable",
+        AppendError::Closed => "shutting_down",
+    };
+    metrics::counter!(crate::metrics::OVERLOADED, "reason" => reason).increment(1);
+    ApiError::Unavailable {
+        reason,
+        message: format!("{e}; nothing from this request was accepted, retry later"),
+    }
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::PayloadTooLarge(format!("body is larger than {limit} bytes"))
+}
+
+fn content_length(headers: &HeaderMap) -> Option<usize> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {
+    let raw = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = raw
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    match mime.as_str() {
+        "application/json" => Ok(BodyFormat::JsonArray),
+        "application/x-ndjson" | "application/ndjson" | "application/jsonl" => {
+            Ok(BodyFormat::NdJson)
+        }
+        _ => Err(ApiError::UnsupportedMediaType(format!(
+            "content-type {raw:?} is not supported; use application/json or application/x-ndjson"
+        ))),
+    }
+}
+
+fn content_encoding(headers: &HeaderMap) -> Result<u8, ApiError> {
+    let raw = headers
+        .get(header::CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("identity");
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "" | "identity" => Ok(ENCODING_IDENTITY),
+        "gzip" | "x-gzip" => Ok(ENCODING_GZIP),
+        "zstd" => Ok(ENCODING_ZSTD),
+        _ => Err(ApiError::UnsupportedMediaType(format!(
+            "content-encoding {raw:?} is not supported; use gzip, zstd or none"
+        ))),
+    }
+}

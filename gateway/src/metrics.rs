@@ -1,0 +1,85 @@
+//! Metric names, described once at start-up, and the Prometheus recorder.
+//!
+//! Every metric the gateway emits is named here; code elsewhere refers to these constants.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+pub const EVENTS_ACCEPTED: &str = "gateway_events_accepted_total";
+pub const EVENTS_DUPLICATE: &str = "gateway_events_duplicate_total";
+pub const EVENTS_REJECTED: &str = "gateway_events_rejected_total";
+pub const REQUESTS: &str = "gateway_http_requests_total";
+pub const REQUEST_SECONDS: &str = "gateway_http_request_duration_seconds";
+pub const OVERLOADED: &str = "gateway_overloaded_total";
+pub const DEDUP_IDS: &str = "gateway_dedup_ids";
+pub const DEDUP_EARLY_ROTATIONS: &str = "gateway_dedup_early_rotations_total";
+pub const WAL_RECORDS: &str = "gateway_wal_records_total";
+pub const WAL_BYTES: &str = "gateway_wal_bytes";
+pub const WAL_SYNC_SECONDS: &str = "gateway_wal_sync_duration_seconds";
+pub const WAL_ERRORS: &str = "gateway_wal_errors_total";
+pub const CUTS: &str = "gateway_cuts_total";
+pub const DURABLE_SEQ: &str = "gateway_durable_seq";
+pub const UPLOAD_SECONDS: &str = "gateway_upload_duration_seconds";
+pub const UPLOADED_BYTES: &str = "gateway_uploaded_bytes_total";
+pub const UPLOADED_ROWS: &str = "gateway_uploaded_rows_total";
+pub const UPLOAD_ERRORS: &str = "gateway_upload_errors_total";
+pub const ASSIGNMENTS: &str = "gateway_assignments_total";
+pub const CONFIG_RELOADS: &str = "gateway_experiments_reloads_total";
+
+/// Install the global Prometheus recorder (once per process) and describe every metric.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .install_recorder()
+                .expect("no other metrics recorder is installed");
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(EVENTS_ACCEPTED, "Events accepted and logged, by type.");
+    describe_counter!(
+        EVENTS_DUPLICATE,
+        "Events dropped as duplicates of a recent event_id."
+    );
+    describe_counter!(EVENTS_REJECTED, "Events refused by validation, by code.");
+    describe_counter!(REQUESTS, "HTTP requests, by route and status.");
+    describe_histogram!(
+        REQUEST_SECONDS,
+        Unit::Seconds,
+        "HTTP request latency, by route."
+    );
+    describe_counter!(OVERLOADED, "Requests answered 503, by reason.");
+    describe_gauge!(DEDUP_IDS, "Event ids remembered by the dedup window.");
+    describe_counter!(
+        DEDUP_EARLY_ROTATIONS,
+        "Dedup generations rotated early to stay within max_ids."
+    );
+    describe_counter!(WAL_RECORDS, "Records appended to the write-ahead log.");
+    describe_gauge!(WAL_BYTES, Unit::Bytes, "Bytes of write-ahead log on disk.");
+    describe_histogram!(
+        WAL_SYNC_SECONDS,
+        Unit::Seconds,
+        "Write + fdatasync time of one group commit."
+    );
+    describe_counter!(WAL_ERRORS, "Failed write-ahead log appends.");
+    describe_counter!(CUTS, "Cuts of buffered rows into Parquet files.");
+    describe_gauge!(
+        DURABLE_SEQ,
+        "Highest log sequence whose rows are all in object storage."
+    );
+    describe_histogram!(
+        UPLOAD_SECONDS,
+        Unit::Seconds,
+        "Time to upload one Parquet file."
+    );
+    describe_counter!(UPLOADED_BYTES, Unit::Bytes, "Parquet bytes uploaded.");
+    describe_counter!(UPLOADED_ROWS, "Rows uploaded in Parquet files.");
+    describe_counter!(UPLOAD_ERRORS, "Failed upload attempts (each is retried).");
+    describe_counter!(ASSIGNMENTS, "Assignments evaluated, by reason.");
+    describe_counter!(CONFIG_RELOADS, "Experiments file reloads, by outcome.");
+}

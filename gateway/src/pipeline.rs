@@ -1,0 +1,334 @@
+//! Wires the stages after the HTTP layer: log writer thread -> file writer thread -> uploader task.
+//!
+//! Owns start-up recovery (replay of the log, re-doing pending cuts) and orderly shutdown.
+//!
+//! ```text
+//! handlers --try_append--> [wal writer] --LoggedBatch--> [file writer] --Cut--> [uploader]
+//!            (bounded)      fsync, ack      (bounded)     Parquet       (bounded)  object store,
+//!                                                                                  cuts.log, retire
+//! ```
+//! Every channel is bounded, so a slow stage pushes back to the handlers, which answer 503.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::StreamExt;
+
+use crate::batch::{self, PartitionBounds};
+use crate::config::Config;
+use crate::dedup::{DedupWindow, FreshBatch, event_key};
+use crate::sink::{Backoff, Sink, open_store};
+use crate::validate;
+use crate::wal::cuts::CutLog;
+use crate::wal::record::{ENCODING_GZIP, ENCODING_IDENTITY, ENCODING_ZSTD};
+use crate::wal::{BatchRecord, LoggedBatch, WalHandle, WalWriter, open_segments};
+use crate::writer::{Cut, FileWriter};
+
+/// Cuts waiting for upload; bounds memory held in finished files.
+const CUT_QUEUE: usize = 2;
+/// Logged batches waiting for the file writer.
+const LOGGED_QUEUE: usize = 4096;
+
+/// The running stages.
+#[derive(Debug)]
+pub struct Pipeline {
+    pub wal: WalHandle,
+    pub dedup: Arc<DedupWindow>,
+    pub bounds: PartitionBounds,
+    wal_thread: std::thread::JoinHandle<()>,
+    writer_thread: std::thread::JoinHandle<()>,
+    uploader: tokio::task::JoinHandle<()>,
+    durable: Arc<AtomicU64>,
+    _lock: fs::File,
+}
+
+/// Recover, then start every stage. Must be called inside a Tokio runtime.
+pub async fn start(config: &Config) -> anyhow::Result<Pipeline> {
+    let state_dir = &config.state_dir;
+    fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating state dir {}", state_dir.display()))?;
+    let lock = lock_state_dir(state_dir)?;
+    let node_id = node_id(state_dir)?;
+    let (store, prefix) = open_store(&config.storage)?;
+    let sink = Sink::new(store, prefix, node_id)
+        .with_backoff(Backoff {
+            initial: Duration::from_millis(100),
+            max: config.upload.retry_max_backoff,
+        })
+        .with_multipart(config.upload.multipart_threshold_bytes, 8 << 20);
+
+    let (cut_log, cut_state) = CutLog::open(&state_dir.join("cuts.log"))?;
+    let wal_dir = state_dir.join("wal");
+    let segments = open_segments(&wal_dir)?;
+    let dedup = Arc::new(DedupWindow::new(config.dedup));
+    let durable = Arc::new(AtomicU64::new(cut_state.durable));
+    let wal_bytes = Arc::new(AtomicU64::new(segments.bytes));
+
+    let (cut_tx, cut_rx) = flume::bounded::<Cut>(CUT_QUEUE);
+    let uploader = tokio::spawn(upload_loop(Uploader {
+        rx: cut_rx,
+        sink,
+        cut_log: Arc::new(Mutex::new(cut_log)),
+        wal_dir: wal_dir.clone(),
+        wal_bytes: wal_bytes.clone(),
+        durable: durable.clone(),
+        concurrency: config.upload.concurrency,
+    }));
+
+    // Replay: rebuild the rows of every record not yet durable, cutting where the journal says.
+    let mut writer = FileWriter::new(config.flush);
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let mut replayed = 0u64;
+    let mut pending = cut_state.pending.iter().copied().peekable();
+    for record in segments.replay(cut_state.durable) {
+        let record = record?;
+        let seq = record.seq;
+        let rows = replay_rows(
+            &record,
+            config.limits.max_decompressed_bytes,
+            &dedup,
+            now_ms,
+        )
+        .with_context(|| format!("replaying log record {seq}"))?;
+        writer.add(LoggedBatch { seq, rows })?;
+        replayed += 1;
+        while pending.next_if(|&p| p <= seq).is_some() {
+            if let Some(cut) = writer.cut()? {
+                cut_tx.send_async(cut).await.ok();
+            }
+        }
+    }
+    // Whatever remains after the last pending cut goes out now rather than waiting for a policy.
+    if let Some(cut) = writer.cut()? {
+        cut_tx.send_async(cut).await.ok();
+    }
+    if replayed > 0 {
+        tracing::info!(
+            records = replayed,
+            after = cut_state.durable,
+            "replayed write-ahead log"
+        );
+    }
+
+    let (logged_tx, logged_rx) = flume::bounded::<LoggedBatch>(LOGGED_QUEUE);
+    let writer_thread = std::thread::Builder::new()
+        .name("file-writer".into())
+        .spawn(move || writer.run(logged_rx, cut_tx))?;
+    let (wal, wal_thread) = WalWriter {
+        dir: wal_dir,
+        segment_bytes: config.wal.segment_bytes,
+        budget_bytes: config.wal.disk_budget_bytes,
+        queue_len: config.wal.queue_len,
+    }
+    .spawn(&segments, wal_bytes, logged_tx)?;
+
+    Ok(Pipeline {
+        wal,
+        dedup,
+        bounds: config.partition,
+        wal_thread,
+        writer_thread,
+        uploader,
+        durable,
+        _lock: lock,
+    })
+}
+
+impl Pipeline {
+    /// Highest log sequence whose rows are all in object storage.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// Stop taking records, flush every buffered row into files and wait (up to `timeout`) for
+    /// their upload. What does not make it stays in the log and is replayed at the next start.
+    pub async fn shutdown(self, timeout: Duration) -> anyhow::Result<()> {
+        let Pipeline {
+            wal,
+            wal_thread,
+            writer_thread,
+            uploader,
+            ..
+        } = self;
+        wal.close().await;
+        drop(wal);
+        let joined = tokio::task::spawn_blocking(move || {
+            let a = wal_thread.join();
+            let b = writer_thread.join();
+            a.is_ok() && b.is_ok()
+        })
+        .await?;
+        anyhow::ensure!(joined, "a pipeline thread panicked");
+        match tokio::time::timeout(timeout, uploader).await {
+            Ok(result) => result?,
+            Err(_) => tracing::warn!(
+                timeout_secs = timeout.as_secs(),
+                "uploads still pending at shutdown; they stay in the write-ahead log"
+            ),
+        }
+        Ok(())
+    }
+}
+
+/// Decode a logged record back into its rows, and remember its ids for dedup.
+fn replay_rows(
+    record: &BatchRecord,
+    max_decompressed: usize,
+    dedup: &DedupWindow,
+    now_ms: i64,
+) -> anyhow::Result<Vec<batch::PartitionRows>> {
+    let body = decompress(record.encoding, &record.body, max_decompressed)?;
+    let valid = validate::decode(&body, record.format, usize::MAX)
+        .map_err(|e| anyhow::anyhow!("logged body no longer decodes: {e}"))?;
+    anyhow::ensure!(
+        valid.events.len() == record.fresh.len(),
+        "logged body has {} valid events, record says {}",
+        valid.events.len(),
+        record.fresh.len()
+    );
+    let keys: Vec<_> = valid
+        .events
+        .iter()
+        .zip(&record.fresh)
+        .filter(|(_, f)| **f)
+        .map(|(e, _)| event_key(&e.event_id))
+        .collect();
+    dedup.remember(keys, record.received_micros / 1000, now_ms);
+    let fresh = FreshBatch::with_fresh(valid, record.fresh.clone());
+    Ok(batch::rows(&fresh, record.received_micros, record.bounds))
+}
+
+/// Decompress a body stored with `encoding`, refusing to grow past `limit` bytes.
+/// An uncompressed body is returned as is (no copy).
+pub fn decompress(
+    encoding: u8,
+    body: &bytes::Bytes,
+    limit: usize,
+) -> Result<bytes::Bytes, DecompressError> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let read = match encoding {
+        ENCODING_IDENTITY => return Ok(body.clone()),
+        ENCODING_GZIP => flate2::read::MultiGzDecoder::new(&body[..])
+            .take(limit as u64 + 1)
+            .read_to_end(&mut out),
+        ENCODING_ZSTD => zstd::stream::read::Decoder::new(&body[..])
+            .and_then(|d| d.take(limit as u64 + 1).read_to_end(&mut out)),
+        other => return Err(DecompressError::Unknown(other)),
+    };
+    read.map_err(|e| DecompressError::Corrupt(e.to_string()))?;
+    if out.len() > limit {
+        return Err(DecompressError::TooLarge { limit });
+    }
+    Ok(bytes::Bytes::from(out))
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecompressError {
+    #[error("body decompresses to more than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("body is not valid for its Content-Encoding: {0}")]
+    Corrupt(String),
+    #[error("unknown stored encoding {0}")]
+    Unknown(u8),
+}
+
+struct Uploader {
+    rx: flume::Receiver<Cut>,
+    sink: Sink,
+    cut_log: Arc<Mutex<CutLog>>,
+    wal_dir: PathBuf,
+    wal_bytes: Arc<AtomicU64>,
+    durable: Arc<AtomicU64>,
+    concurrency: usize,
+}
+
+/// Upload cuts in order: journal `cut`, upload every file, journal `done`, retire segments.
+async fn upload_loop(u: Uploader) {
+    while let Ok(cut) = u.rx.recv_async().await {
+        let seq = cut.seq;
+        if let Err(e) = journal(&u.cut_log, seq, false).await {
+            // Without the journal entry a crash could re-cut differently: do not upload.
+            tracing::error!(seq, error = %e, "cannot journal cut; stopping uploads (rows stay in the log)");
+            return;
+        }
+        let files = cut.files.len();
+        futures::stream::iter(cut.files)
+            .map(|file| {
+                let sink = u.sink.clone();
+                async move { sink.put(&file, seq).await }
+            })
+            .buffer_unordered(u.concurrency)
+            .collect::<Vec<()>>()
+            .await;
+        if let Err(e) = journal(&u.cut_log, seq, true).await {
+            tracing::error!(seq, error = %e, "cannot journal finished cut; stopping uploads");
+            return;
+        }
+        u.durable.fetch_max(seq, Ordering::AcqRel);
+        metrics::gauge!(crate::metrics::DURABLE_SEQ).set(seq as f64);
+        let dir = u.wal_dir.clone();
+        match tokio::task::spawn_blocking(move || crate::wal::retire(&dir, seq)).await {
+            Ok(Ok(freed)) => {
+                let _ = u
+                    .wal_bytes
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                        Some(b.saturating_sub(freed))
+                    });
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete retired log segments"),
+            Err(e) => tracing::warn!(error = %e, "segment retirement panicked"),
+        }
+        tracing::debug!(seq, files, "cut durable");
+    }
+}
+
+async fn journal(log: &Arc<Mutex<CutLog>>, seq: u64, done: bool) -> std::io::Result<()> {
+    let log = log.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+        if done { log.done(seq) } else { log.begin(seq) }
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// One process per state dir: two writers appending to one log would corrupt it.
+fn lock_state_dir(dir: &Path) -> anyhow::Result<fs::File> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))?;
+    file.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "state dir {} is in use by another gateway process",
+            dir.display()
+        )
+    })?;
+    Ok(file)
+}
+
+/// A random id made at first start and kept in the state dir; it names this gateway's objects.
+fn node_id(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join("node_id");
+    match fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let id = format!("{:016x}", rand::random::<u64>());
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(id.as_bytes())?;
+    f.sync_all()?;
+    fs::rename(&tmp, &path)?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(id)
+}

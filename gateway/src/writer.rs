@@ -1,0 +1,229 @@
+//! `LoggedBatch -> Cut`: encode rows into Parquet as they arrive, and cut files by the flush policy.
+//!
+//! Runs on its own thread, so Parquet encoding and compression never block the async workers and
+//! overlap with request parsing. Holds one open Parquet writer per partition touched since the
+//! last cut.
+//!
+//! Invariants:
+//! - A cut at sequence `H` contains every row of records `prev+1..=H` and nothing else, whatever the
+//!   timing: the flush policy only decides *where* to cut, and the journal records it, so a replay
+//!   that cuts at the same `H` rebuilds the same files.
+//! - Memory is bounded by the flush policy (`max_bytes` of encoded data plus one row group in
+//!   progress per partition).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+
+use crate::batch::{PartitionKey, PartitionRows};
+use crate::wal::LoggedBatch;
+
+/// When buffered rows become files. The first limit reached cuts.
+#[derive(Debug, Clone, Copy)]
+pub struct FlushPolicy {
+    pub max_rows: usize,
+    /// Encoded bytes across all open files.
+    pub max_bytes: usize,
+    /// Age of the oldest buffered row.
+    pub max_age: Duration,
+}
+
+/// One finished Parquet file.
+#[derive(Debug, Clone)]
+pub struct SealedFile {
+    pub key: PartitionKey,
+    pub rows: usize,
+    pub bytes: Bytes,
+}
+
+/// Every file of one cut; `seq` names them.
+#[derive(Debug, Clone)]
+pub struct Cut {
+    pub seq: u64,
+    pub files: Vec<SealedFile>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("parquet encoding failed: {0}")]
+pub struct EncodeError(#[from] parquet::errors::ParquetError);
+
+struct OpenFile {
+    writer: ArrowWriter<Vec<u8>>,
+    rows: usize,
+}
+
+pub struct FileWriter {
+    policy: FlushPolicy,
+    props: WriterProperties,
+    open: BTreeMap<PartitionKey, OpenFile>,
+    rows: usize,
+    oldest: Option<Instant>,
+    /// Highest sequence added since the last cut; 0 when none.
+    last_seq: u64,
+}
+
+impl std::fmt::Debug for FileWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileWriter")
+            .field("rows", &self.rows)
+            .field("partitions", &self.open.len())
+            .field("last_seq", &self.last_seq)
+            .finish()
+    }
+}
+
+impl FileWriter {
+    pub fn new(policy: FlushPolicy) -> Self {
+        let props = WriterProperties::builder()
+            .set_compression(Compression::ZSTD(
+                ZstdLevel::try_new(3).expect("valid zstd level"),
+            ))
+            .set_dictionary_enabled(true)
+            .set_max_row_group_row_count(Some(policy.max_rows.clamp(1, 1 << 20)))
+            .set_created_by(format!("experiment-gateway {}", env!("CARGO_PKG_VERSION")))
+            .build();
+        Self {
+            policy,
+            props,
+            open: BTreeMap::new(),
+            rows: 0,
+            oldest: None,
+            last_seq: 0,
+        }
+    }
+
+    /// Encode the rows of one logged record.
+    pub fn add(&mut self, batch: LoggedBatch) -> Result<(), EncodeError> {
+        for part in batch.rows {
+            self.write(part)?;
+        }
+        self.last_seq = self.last_seq.max(batch.seq);
+        Ok(())
+    }
+
+    fn write(&mut self, part: PartitionRows) -> Result<(), EncodeError> {
+        let file = match self.open.get_mut(&part.key) {
+            Some(f) => f,
+            None => {
+                let writer = ArrowWriter::try_new(
+                    Vec::with_capacity(1 << 20),
+                    part.key.table.schema(),
+                    Some(self.props.clone()),
+                )?;
+                self.open
+                    .entry(part.key)
+                    .or_insert(OpenFile { writer, rows: 0 })
+            }
+        };
+        let n = part.batch.num_rows();
+        file.writer.write(&part.batch)?;
+        file.rows += n;
+        self.rows += n;
+        self.oldest.get_or_insert_with(Instant::now);
+        Ok(())
+    }
+
+    /// Whether the policy says to cut now.
+    pub fn due(&self, now: Instant) -> bool {
+        if self.rows >= self.policy.max_rows {
+            return true;
+        }
+        if self
+            .oldest
+            .is_some_and(|t| now.duration_since(t) >= self.policy.max_age)
+        {
+            return true;
+        }
+        self.encoded_bytes() >= self.policy.max_bytes
+    }
+
+    /// How long until the age limit cuts, if anything is buffered.
+    pub fn time_left(&self, now: Instant) -> Option<Duration> {
+        self.oldest
+            .map(|t| self.policy.max_age.saturating_sub(now.duration_since(t)))
+    }
+
+    fn encoded_bytes(&self) -> usize {
+        self.open
+            .values()
+            .map(|f| f.writer.bytes_written() + f.writer.in_progress_size())
+            .sum()
+    }
+
+    /// Highest sequence added since the last cut (0 if none).
+    pub fn last_seq(&self) -> u64 {
+        self.last_seq
+    }
+
+    /// Close every open file. Returns `None` when nothing was added since the last cut.
+    pub fn cut(&mut self) -> Result<Option<Cut>, EncodeError> {
+        if self.last_seq == 0 {
+            return Ok(None);
+        }
+        let mut files = Vec::with_capacity(self.open.len());
+        for (key, f) in std::mem::take(&mut self.open) {
+            let bytes = f.writer.into_inner()?;
+            files.push(SealedFile {
+                key,
+                rows: f.rows,
+                bytes: Bytes::from(bytes),
+            });
+        }
+        let cut = Cut {
+            seq: self.last_seq,
+            files,
+        };
+        self.rows = 0;
+        self.oldest = None;
+        self.last_seq = 0;
+        Ok(Some(cut))
+    }
+
+    /// Thread body: add batches until the log writer hangs up, cutting by policy; a final cut
+    /// flushes everything at shutdown.
+    pub fn run(mut self, input: flume::Receiver<LoggedBatch>, cuts: flume::Sender<Cut>) {
+        loop {
+            let now = Instant::now();
+            let next = match self.time_left(now) {
+                Some(left) => input.recv_timeout(left),
+                None => input
+                    .recv()
+                    .map_err(|_| flume::RecvTimeoutError::Disconnected),
+            };
+            let stop = match next {
+                Ok(batch) => {
+                    if let Err(e) = self.add(batch) {
+                        // Rows that cannot be encoded stay in the log; a restart replays them.
+                        tracing::error!(error = %e, "dropping writer state; rows stay in the write-ahead log");
+                        return;
+                    }
+                    false
+                }
+                Err(flume::RecvTimeoutError::Timeout) => false,
+                Err(flume::RecvTimeoutError::Disconnected) => true,
+            };
+            if stop || self.due(Instant::now()) {
+                match self.cut() {
+                    Ok(Some(cut)) => {
+                        metrics::counter!(crate::metrics::CUTS).increment(1);
+                        if cuts.send(cut).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        tracing::error!(error = %e, "parquet encoding failed; rows stay in the write-ahead log");
+                        return;
+                    }
+                }
+            }
+            if stop {
+                return;
+            }
+        }
+    }
+}
