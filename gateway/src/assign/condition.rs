@@ -2,9 +2,9 @@
 //! ([`Condition`]) that is evaluated per request without walking JSON or compiling regexes.
 //!
 //! Evaluation mirrors GrowthBook's `mongrule.ts` (`evalCondition`, `evalConditionValue`,
-//! `evalOperatorCondition`), including its JavaScript coercions (see [`super::js`]): a missing
-//! attribute is `null`, `{"n": {"$gt": 5}}` matches the string `"8"`, `{"tags": "a"}` matches
-//! `["a"]` (an array stringifies to `"a"`), `$elemMatch` skips falsy elements, and so on.
+//! `evalOperatorCondition`), including its JavaScript coercions (the private `js` module): a
+//! missing attribute is `null`, `{"n": {"$gt": 5}}` matches the string `"8"`, `{"tags": "a"}`
+//! matches `["a"]` (an array stringifies to `"a"`), `$elemMatch` skips falsy elements, and so on.
 //!
 //! Where GrowthBook would silently evaluate a malformed condition to `false` (an unknown
 //! operator, `$in` with a non-array, a regex that does not compile), compilation fails instead,

@@ -21,7 +21,7 @@
 //! Modules, in the order data flows:
 //! - [`experiments`]: file -> `RawExperiments` (serde) -> validated [`Experiments`].
 //! - [`condition`]: targeting conditions compiled to a tree; evaluated per request.
-//! - [`js`]: the JavaScript coercions GrowthBook's conditions rely on.
+//! - `js`: the JavaScript coercions GrowthBook's conditions rely on.
 //! - [`hash`]: FNV-1a over UTF-16, hash v1/v2, bucket ranges, layers (namespaces).
 //! - [`eval`]: the evaluation order, [`Unit`] in, [`Assignment`]s out.
 //!

@@ -25,7 +25,7 @@
 
 pub mod cuts;
 pub mod record;
-mod segment;
+pub(crate) mod segment;
 mod writer;
 
 pub use record::{BatchRecord, RecordError};
@@ -44,3 +44,6 @@ pub enum WalError {
         reason: String,
     },
 }
+
+#[cfg(test)]
+mod tests;
