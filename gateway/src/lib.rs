@@ -12,13 +12,19 @@
 //! - [`sink`]: Parquet files -> object storage (the only module that names object_store)
 //! - [`pipeline`]: wires wal -> writer -> sink; recovery at start, flush at shutdown
 //! - [`metrics`]: metric names and the Prometheus recorder
+//!
+//! Assignment, beside the event flow:
+//! - [`assign`]: experiments file, GrowthBook-compatible hashing, conditions, evaluation (pure)
+//! - [`reload`]: the current experiments, swapped atomically on file change, SIGHUP or request
 
+pub mod assign;
 pub mod batch;
 pub mod config;
 pub mod dedup;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
+pub mod reload;
 pub mod sink;
 pub mod validate;
 pub mod wal;

@@ -15,19 +15,27 @@ use crate::wal::record::{ENCODING_GZIP, ENCODING_IDENTITY, ENCODING_ZSTD};
 use crate::wal::{AppendError, BatchRecord};
 
 #[derive(Serialize)]
-struct IngestResponse<'a> {
+struct IngestResponse {
     accepted: usize,
     duplicates: usize,
-    rejected: Vec<RejectedEvent<'a>>,
+    rejected: Vec<RejectedEvent>,
 }
 
 #[derive(Serialize)]
-struct RejectedEvent<'a> {
+struct RejectedEvent {
     index: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
-    event_id: Option<&'a str>,
+    event_id: Option<String>,
     code: &'static str,
-    message: &'a str,
+    message: String,
+}
+
+/// Counts of one ingested body.
+#[derive(Debug, Clone, Copy)]
+pub struct Ingested {
+    pub accepted: usize,
+    pub duplicates: usize,
+    pub rejected: usize,
 }
 
 pub async fn handle(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -50,6 +58,36 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Result<Response
             }
         })?
         .to_bytes();
+    let mut rejected = Vec::new();
+    let counts = ingest_collecting(state, wire, format, encoding, Some(&mut rejected)).await?;
+    Ok(json(
+        StatusCode::OK,
+        &IngestResponse {
+            accepted: counts.accepted,
+            duplicates: counts.duplicates,
+            rejected,
+        },
+    ))
+}
+
+/// Validate, dedup and log one body; answers once the accepted events are durable.
+pub async fn ingest(
+    state: &AppState,
+    wire: Bytes,
+    format: BodyFormat,
+    encoding: u8,
+) -> Result<Ingested, ApiError> {
+    ingest_collecting(state, wire, format, encoding, None).await
+}
+
+async fn ingest_collecting(
+    state: &AppState,
+    wire: Bytes,
+    format: BodyFormat,
+    encoding: u8,
+    rejected_out: Option<&mut Vec<RejectedEvent>>,
+) -> Result<Ingested, ApiError> {
+    let limits = state.config.limits;
     let plain =
         decompress(encoding, &wire, limits.max_decompressed_bytes).map_err(|e| match e {
             DecompressError::TooLarge { limit } => {
@@ -77,11 +115,9 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Result<Response
         .pipeline
         .dedup
         .admit(valid, received.timestamp_millis());
-    let accepted = fresh.accepted();
-    let duplicates = fresh.duplicates();
 
     // Nothing new and nothing refused (all duplicates, or an empty batch): nothing to log.
-    if accepted > 0 || !fresh.valid.rejected.is_empty() {
+    if fresh.accepted() > 0 || !fresh.valid.rejected.is_empty() {
         let rows = batch::rows(&fresh, received_micros, state.pipeline.bounds);
         let record = BatchRecord {
             seq: 0,
@@ -104,22 +140,19 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Result<Response
     }
 
     record_metrics(&fresh);
-    let body = IngestResponse {
-        accepted,
-        duplicates,
-        rejected: fresh
-            .valid
-            .rejected
-            .iter()
-            .map(|r| RejectedEvent {
-                index: r.index,
-                event_id: r.event_id.as_deref(),
-                code: r.code.as_str(),
-                message: &r.message,
-            })
-            .collect(),
-    };
-    Ok(json(StatusCode::OK, &body))
+    if let Some(out) = rejected_out {
+        out.extend(fresh.valid.rejected.iter().map(|r| RejectedEvent {
+            index: r.index,
+            event_id: r.event_id.as_deref().map(str::to_owned),
+            code: r.code.as_str(),
+            message: r.message.clone(),
+        }));
+    }
+    Ok(Ingested {
+        accepted: fresh.accepted(),
+        duplicates: fresh.duplicates(),
+        rejected: fresh.valid.rejected.len(),
+    })
 }
 
 fn record_metrics(fresh: &crate::dedup::FreshBatch<'_>) {

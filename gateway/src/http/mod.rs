@@ -1,5 +1,6 @@
 //! The HTTP layer: the only place that names hyper. Accept loop, routing, graceful shutdown.
 
+mod assign;
 mod ingest;
 pub mod response;
 
@@ -19,6 +20,7 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::pipeline::{self, Pipeline};
+use crate::reload::ExperimentsSource;
 use response::{ApiError, Body};
 
 /// Shared by every request.
@@ -27,6 +29,7 @@ pub struct AppState {
     pub config: Config,
     pub pipeline: PipelineHandles,
     pub metrics: PrometheusHandle,
+    pub experiments: Arc<ExperimentsSource>,
 }
 
 /// The parts of the pipeline handlers use.
@@ -44,18 +47,28 @@ pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let pipeline = pipeline::start(&config).await?;
-    serve_with(listener, config, pipeline, shutdown).await
+    let (experiments, pipeline) = prepare(&config).await?;
+    serve_with(listener, config, experiments, pipeline, shutdown).await
+}
+
+/// Everything that can fail at start-up, before the first request is taken.
+async fn prepare(config: &Config) -> anyhow::Result<(Arc<ExperimentsSource>, Pipeline)> {
+    let experiments = ExperimentsSource::open(config.experiments.as_deref())?;
+    let pipeline = pipeline::start(config).await?;
+    Ok((Arc::new(experiments), pipeline))
 }
 
 async fn serve_with(
     listener: TcpListener,
     config: Config,
+    experiments: Arc<ExperimentsSource>,
     pipeline: Pipeline,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = crate::metrics::install();
     let timeout = config.shutdown_timeout;
+    let watcher = tokio::spawn(experiments.clone().watch(std::time::Duration::from_secs(1)));
+    let hangup = tokio::spawn(reload_on_sighup(experiments.clone()));
     let state = Arc::new(AppState {
         config,
         pipeline: PipelineHandles {
@@ -64,6 +77,7 @@ async fn serve_with(
             bounds: pipeline.bounds,
         },
         metrics,
+        experiments,
     });
     let graceful = GracefulShutdown::new();
     let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
@@ -98,6 +112,8 @@ async fn serve_with(
         }
     }
     drop(listener);
+    watcher.abort();
+    hangup.abort();
     tracing::info!("shutting down: finishing in-flight requests");
     if tokio::time::timeout(timeout, graceful.shutdown())
         .await
@@ -110,6 +126,18 @@ async fn serve_with(
     pipeline.shutdown(timeout).await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn reload_on_sighup(experiments: Arc<ExperimentsSource>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; reload by file change or POST /admin/reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading experiments");
+        let _ = experiments.reload();
+    }
 }
 
 async fn route(state: &AppState, req: Request<Incoming>) -> Response<Body> {
@@ -143,6 +171,21 @@ async fn dispatch(
                 _ => not_allowed("POST"),
             },
         ),
+        "/v1/assign" => (
+            "assign",
+            match method {
+                Method::POST => assign::post(state, req).await,
+                Method::GET => assign::get(state, req).await,
+                _ => not_allowed("GET, POST"),
+            },
+        ),
+        "/admin/reload" => (
+            "reload",
+            match method {
+                Method::POST => assign::reload(state).await,
+                _ => not_allowed("POST"),
+            },
+        ),
         "/metrics" => (
             "metrics",
             match method {
@@ -173,9 +216,9 @@ impl Server {
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let listener = TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
-        let pipeline = pipeline::start(&config).await?;
+        let (experiments, pipeline) = prepare(&config).await?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(serve_with(listener, config, pipeline, async {
+        let task = tokio::spawn(serve_with(listener, config, experiments, pipeline, async {
             let _ = stopped.await;
         }));
         Ok(Server {

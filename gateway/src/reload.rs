@@ -1,0 +1,92 @@
+//! The current experiments, and swapping them without a restart.
+//!
+//! Owns the `Arc<Experiments>` every assign request reads. A reload (file change seen by polling,
+//! SIGHUP, or `POST /admin/reload`) parses and validates the whole file first and swaps the pointer
+//! only if it is valid: a request sees the old config or the new one, never a mix, and a broken
+//! file leaves the old one in place.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use crate::assign::{ConfigError, Experiments, FileFormat, config_version};
+
+/// The example file, served when no experiments file is configured.
+pub const EXAMPLE_EXPERIMENTS: &str = include_str!("../experiments.example.json");
+
+#[derive(Debug)]
+pub struct ExperimentsSource {
+    path: Option<PathBuf>,
+    current: ArcSwap<Experiments>,
+}
+
+impl ExperimentsSource {
+    /// Load `path`, or the built-in example when `None`.
+    pub fn open(path: Option<&Path>) -> Result<Self, ConfigError> {
+        let experiments = match path {
+            Some(p) => Experiments::load(p)?,
+            None => Experiments::parse(EXAMPLE_EXPERIMENTS, FileFormat::Json)?,
+        };
+        Ok(Self {
+            path: path.map(Path::to_owned),
+            current: ArcSwap::from_pointee(experiments),
+        })
+    }
+
+    pub fn current(&self) -> Arc<Experiments> {
+        self.current.load_full()
+    }
+
+    /// Re-read the file; swap only if it is valid. Returns the config now in force.
+    pub fn reload(&self) -> Result<Arc<Experiments>, ConfigError> {
+        let Some(path) = &self.path else {
+            return Ok(self.current());
+        };
+        match Experiments::load(path) {
+            Ok(new) => {
+                let new = Arc::new(new);
+                let old = self.current.swap(new.clone());
+                if old.version() != new.version() {
+                    tracing::info!(
+                        from = old.version(),
+                        to = new.version(),
+                        "experiments reloaded"
+                    );
+                }
+                metrics::counter!(crate::metrics::CONFIG_RELOADS, "outcome" => "ok").increment(1);
+                Ok(new)
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), error = %e, "experiments file refused; keeping the current one");
+                metrics::counter!(crate::metrics::CONFIG_RELOADS, "outcome" => "refused")
+                    .increment(1);
+                Err(e)
+            }
+        }
+    }
+
+    /// Poll the file every `interval` and reload when its bytes change. Polling (not inotify)
+    /// also sees files replaced by rename or through symlinks, as config maps are.
+    pub async fn watch(self: Arc<Self>, interval: Duration) {
+        let Some(path) = self.path.clone() else {
+            return;
+        };
+        let mut seen = self.current().version().to_owned();
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Ok(bytes) = tokio::fs::read(&path).await else {
+                continue;
+            };
+            let version = config_version(&bytes);
+            if version != seen {
+                // Remember the bytes even if refused, so a broken file is reported once.
+                seen = version;
+                let _ = self.reload();
+            }
+        }
+    }
+}
