@@ -78,11 +78,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Pipeline> {
         wal_bytes: wal_bytes.clone(),
         durable: durable.clone(),
         concurrency: config.upload.concurrency,
+        dedup_window: config.dedup.window,
     }));
+
+    // Dedup memory first: the ids of recent requests, also those already in storage.
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    for path in crate::wal::ids::sidecars(&wal_dir)? {
+        for (received_ms, keys) in crate::wal::ids::parse(&fs::read(&path)?) {
+            dedup.remember(keys, received_ms, now_ms);
+        }
+    }
 
     // Replay: rebuild the rows of every record not yet durable, cutting where the journal says.
     let mut writer = FileWriter::new(config.flush);
-    let now_ms = chrono::Utc::now().timestamp_millis();
     let mut replayed = 0u64;
     let mut pending = cut_state.pending.iter().copied().peekable();
     for record in segments.replay(cut_state.durable) {
@@ -246,6 +254,7 @@ struct Uploader {
     wal_bytes: Arc<AtomicU64>,
     durable: Arc<AtomicU64>,
     concurrency: usize,
+    dedup_window: Duration,
 }
 
 /// Upload cuts in order: journal `cut`, upload every file, journal `done`, retire segments.
@@ -273,7 +282,13 @@ async fn upload_loop(u: Uploader) {
         u.durable.fetch_max(seq, Ordering::AcqRel);
         metrics::gauge!(crate::metrics::DURABLE_SEQ).set(seq as f64);
         let dir = u.wal_dir.clone();
-        match tokio::task::spawn_blocking(move || crate::wal::retire(&dir, seq)).await {
+        let keep = u.dedup_window * 2;
+        let retired = tokio::task::spawn_blocking(move || {
+            let freed = crate::wal::retire(&dir, seq)?;
+            crate::wal::ids::expire(&dir, keep)?;
+            Ok::<_, std::io::Error>(freed)
+        });
+        match retired.await {
             Ok(Ok(freed)) => {
                 let _ = u
                     .wal_bytes

@@ -192,8 +192,13 @@ fn array_error(body: &[u8], e: &serde_json::Error) -> BodyError {
     if e.classify() == serde_json::error::Category::Data {
         return BodyError::NotAnArray;
     }
+    let offset = match e.classify() {
+        // The body ended early: the problem is at its end.
+        serde_json::error::Category::Eof => body.len(),
+        _ => byte_offset(body, e.line(), e.column()),
+    };
     BodyError::Syntax {
-        offset: byte_offset(body, e.line(), e.column()),
+        offset,
         reason: e.to_string(),
     }
 }

@@ -128,7 +128,11 @@ async fn ingest_collecting(
             fresh: fresh.fresh.clone(),
             body: wire,
         };
-        let result = match state.pipeline.wal.try_append(record, rows) {
+        let result = match state
+            .pipeline
+            .wal
+            .try_append(record, rows, fresh.inserted.clone())
+        {
             Ok(ack) => ack.await.unwrap_or(Err(AppendError::Closed)),
             Err(e) => Err(e),
         };

@@ -24,6 +24,7 @@
 //!   so replaying a record rebuilds exactly the rows it produced the first time.
 
 pub mod cuts;
+pub mod ids;
 pub mod record;
 pub(crate) mod segment;
 mod writer;

@@ -132,7 +132,7 @@ async fn the_writer_numbers_syncs_and_passes_records_downstream_before_acking() 
     let mut acks = Vec::new();
     for i in 0..10 {
         acks.push(
-            wal.try_append(record(0, &format!("b{i}")), Vec::new())
+            wal.try_append(record(0, &format!("b{i}")), Vec::new(), Vec::new())
                 .unwrap(),
         );
     }
@@ -147,7 +147,7 @@ async fn the_writer_numbers_syncs_and_passes_records_downstream_before_acking() 
     wal.close().await;
     thread.join().unwrap();
     assert!(matches!(
-        wal.try_append(record(0, "late"), Vec::new()),
+        wal.try_append(record(0, "late"), Vec::new(), Vec::new()),
         Err(AppendError::Closed)
     ));
     let set = open_segments(dir.path()).unwrap();
@@ -170,12 +170,14 @@ async fn the_disk_budget_refuses_appends_without_logging_them() {
     }
     .spawn(&set, Arc::new(AtomicU64::new(0)), tx)
     .unwrap();
-    wal.try_append(record(0, "first"), Vec::new())
+    wal.try_append(record(0, "first"), Vec::new(), Vec::new())
         .unwrap()
         .await
         .unwrap()
         .unwrap();
-    let err = wal.try_append(record(0, "second"), Vec::new()).unwrap_err();
+    let err = wal
+        .try_append(record(0, "second"), Vec::new(), Vec::new())
+        .unwrap_err();
     assert_eq!(err, AppendError::OverBudget { budget_bytes: 1 });
     wal.close().await;
     assert_eq!(replayed(dir.path(), 0), [1]);

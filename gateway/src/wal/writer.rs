@@ -14,9 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::BytesMut;
 use tokio::sync::oneshot;
 
+use super::ids::IdsWriter;
 use super::record::BatchRecord;
 use super::segment::{SegmentSet, segment_path};
 use crate::batch::PartitionRows;
+use crate::dedup::EventKey;
 
 /// Rows of one logged record, passed downstream after the sync.
 #[derive(Debug)]
@@ -48,6 +50,8 @@ impl AppendError {
 struct Append {
     record: BatchRecord,
     rows: Vec<PartitionRows>,
+    /// Dedup keys of the fresh events, for the id sidecar.
+    keys: Vec<EventKey>,
     ack: oneshot::Sender<Result<u64, AppendError>>,
 }
 
@@ -71,6 +75,7 @@ impl WalHandle {
         &self,
         record: BatchRecord,
         rows: Vec<PartitionRows>,
+        keys: Vec<EventKey>,
     ) -> Result<oneshot::Receiver<Result<u64, AppendError>>, AppendError> {
         if self.bytes.load(Ordering::Relaxed) >= self.budget_bytes {
             return Err(AppendError::OverBudget {
@@ -79,7 +84,12 @@ impl WalHandle {
         }
         let (ack, rx) = oneshot::channel();
         self.tx
-            .try_send(Msg::Append(Append { record, rows, ack }))
+            .try_send(Msg::Append(Append {
+                record,
+                rows,
+                keys,
+                ack,
+            }))
             .map_err(|e| match e {
                 flume::TrySendError::Full(_) => AppendError::Busy,
                 flume::TrySendError::Disconnected(_) => AppendError::Closed,
@@ -121,6 +131,7 @@ impl WalWriter {
         let next_seq = set.last_seq + 1;
         let mut state = State {
             file: open_segment(&self.dir, next_seq)?,
+            ids: IdsWriter::open(&self.dir, next_seq)?,
             file_len: 0,
             next_seq,
             config: self.clone(),
@@ -150,6 +161,7 @@ fn open_segment(dir: &std::path::Path, first_seq: u64) -> std::io::Result<File> 
 
 struct State {
     file: File,
+    ids: IdsWriter,
     file_len: u64,
     next_seq: u64,
     config: WalWriter,
@@ -190,6 +202,13 @@ impl State {
                         .record(started.elapsed().as_secs_f64());
                     metrics::counter!(crate::metrics::WAL_RECORDS).increment(group.len() as u64);
                     self.next_seq += group.len() as u64;
+                    let ids = group.iter().try_for_each(|a| {
+                        self.ids.append(a.record.received_micros / 1000, &a.keys)
+                    });
+                    if let Err(e) = ids.and_then(|()| self.ids.flush()) {
+                        // The records are safe; only dedup memory across a restart is weakened.
+                        tracing::warn!(error = %e, "cannot write dedup id sidecar");
+                    }
                     for a in group.drain(..) {
                         let seq = a.record.seq;
                         // Downstream first: an acknowledged batch is always in the pipeline, so a
@@ -246,6 +265,9 @@ impl State {
 
     fn maybe_roll(&mut self) -> std::io::Result<()> {
         if self.file_len >= self.config.segment_bytes {
+            // The sidecar must be durable before its segment can ever be retired.
+            self.ids.sync()?;
+            self.ids = IdsWriter::open(&self.config.dir, self.next_seq)?;
             self.file = open_segment(&self.config.dir, self.next_seq)?;
             self.file_len = 0;
         }

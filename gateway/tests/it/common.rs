@@ -1,0 +1,207 @@
+//! Shared test plumbing: a real gateway on port 0, an HTTP client, and a Parquet reader.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, TimestampMicrosecondType, UInt32Type};
+use arrow_array::{Array, RecordBatch};
+use gateway::{Config, Server};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::Value;
+
+pub fn example_experiments() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments.example.json")
+}
+
+pub struct TestGateway {
+    pub server: Server,
+    pub data: tempfile::TempDir,
+    pub state: tempfile::TempDir,
+    pub client: reqwest::Client,
+    pub base: String,
+}
+
+impl TestGateway {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let data = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let mut config = Config::for_tests(data.path(), state.path(), &example_experiments());
+        tweak(&mut config);
+        let server = Server::start(config).await.unwrap();
+        let base = format!("http://{}", server.addr());
+        Self {
+            server,
+            data,
+            state,
+            client: reqwest::Client::new(),
+            base,
+        }
+    }
+
+    /// POST a body to /v1/events; returns status and JSON body.
+    pub async fn post(
+        &self,
+        body: Vec<u8>,
+        content_type: &str,
+        encoding: Option<&str>,
+    ) -> (u16, Value) {
+        let mut req = self
+            .client
+            .post(format!("{}/v1/events", self.base))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(e) = encoding {
+            req = req.header("content-encoding", e);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn post_json(&self, events: &Value) -> (u16, Value) {
+        self.post(
+            serde_json::to_vec(events).unwrap(),
+            "application/json",
+            None,
+        )
+        .await
+    }
+
+    /// Graceful stop; returns the data dir, everything acknowledged now flushed into it.
+    pub async fn stop(self) -> (tempfile::TempDir, tempfile::TempDir) {
+        self.server.shutdown().await.unwrap();
+        (self.data, self.state)
+    }
+}
+
+/// All Parquet files under `root/table`, recursively.
+pub fn parquet_files(root: &Path, table: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.join(table)];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn read_table(root: &Path, table: &str) -> Vec<RecordBatch> {
+    parquet_files(root, table)
+        .into_iter()
+        .flat_map(|p| {
+            ParquetRecordBatchReaderBuilder::try_new(File::open(&p).unwrap())
+                .unwrap()
+                .build()
+                .unwrap()
+                .map(Result::unwrap)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Rows of a table as JSON objects keyed by column name, so tests can compare with what was sent.
+/// Timestamps become epoch microseconds.
+pub fn rows(root: &Path, table: &str) -> Vec<BTreeMap<String, Value>> {
+    let mut out = Vec::new();
+    for batch in read_table(root, table) {
+        let schema = batch.schema();
+        for row in 0..batch.num_rows() {
+            let mut m = BTreeMap::new();
+            for (i, field) in schema.fields().iter().enumerate() {
+                let col = batch.column(i);
+                let v = if col.is_null(row) {
+                    Value::Null
+                } else {
+                    match field.data_type() {
+                        arrow_schema::DataType::Utf8 => {
+                            Value::from(col.as_string::<i32>().value(row))
+                        }
+                        arrow_schema::DataType::Boolean => Value::from(col.as_boolean().value(row)),
+                        arrow_schema::DataType::Float64 => {
+                            Value::from(col.as_primitive::<Float64Type>().value(row))
+                        }
+                        arrow_schema::DataType::UInt32 => {
+                            Value::from(col.as_primitive::<UInt32Type>().value(row))
+                        }
+                        arrow_schema::DataType::Timestamp(_, _) => {
+                            Value::from(col.as_primitive::<TimestampMicrosecondType>().value(row))
+                        }
+                        other => panic!("unexpected column type {other}"),
+                    }
+                };
+                m.insert(field.name().clone(), v);
+            }
+            out.push(m);
+        }
+    }
+    out
+}
+
+/// Rows keyed by event_id; panics on a doubled id.
+pub fn by_event_id(
+    rows: Vec<BTreeMap<String, Value>>,
+) -> BTreeMap<String, BTreeMap<String, Value>> {
+    let mut out = BTreeMap::new();
+    for r in rows {
+        let id = r["event_id"].as_str().unwrap().to_owned();
+        assert!(
+            out.insert(id.clone(), r).is_none(),
+            "event {id} stored twice"
+        );
+    }
+    out
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+pub fn assignment(id: &str, ts_ms: i64) -> Value {
+    serde_json::json!({"event_id": id, "type": "assignment", "ts": ts_ms, "user_id": format!("u-{id}"),
+        "experiment": "checkout_button", "variant": "treatment", "props": {"device": "ios", "n": 1}})
+}
+
+pub fn conversion(id: &str, ts_ms: i64) -> Value {
+    serde_json::json!({"event_id": id, "type": "conversion", "ts": ts_ms, "user_id": format!("u-{id}"),
+        "name": "purchase", "value": 19.99})
+}
+
+pub fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+pub fn zstd(data: &[u8]) -> Vec<u8> {
+    zstd::encode_all(data, 3).unwrap()
+}
+
+pub fn ndjson(events: &[Value]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in events {
+        out.extend(serde_json::to_vec(e).unwrap());
+        out.push(b'\n');
+    }
+    out
+}
