@@ -44,6 +44,9 @@ pub struct Flags {
 pub struct RawConfig {
     pub listen: Option<SocketAddr>,
     pub storage: Option<String>,
+    /// Extra settings for the object store builder (e.g. `aws_endpoint`, `aws_allow_http`).
+    #[serde(default)]
+    pub storage_options: std::collections::BTreeMap<String, String>,
     pub state_dir: Option<PathBuf>,
     pub experiments: Option<PathBuf>,
     pub shutdown_timeout_secs: Option<u64>,
@@ -147,6 +150,9 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Default `./data`.
     pub storage: String,
+    /// Settings passed to the object store builder, over the environment's (`AWS_*` and so on):
+    /// keys as `object_store` names them, e.g. `aws_endpoint`, `aws_allow_http`, `aws_region`.
+    pub storage_options: Vec<(String, String)>,
     /// Default `./state`.
     pub state_dir: PathBuf,
     /// `None`: the example file built into the binary (no reload).
@@ -309,6 +315,7 @@ impl RawConfig {
                 .listen
                 .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
             storage: self.storage.unwrap_or_else(|| "./data".into()),
+            storage_options: self.storage_options.into_iter().collect(),
             state_dir: self.state_dir.unwrap_or_else(|| "./state".into()),
             experiments: self.experiments,
             limits,

@@ -54,7 +54,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Pipeline> {
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
     let lock = lock_state_dir(state_dir)?;
     let node_id = node_id(state_dir)?;
-    let (store, prefix) = open_store(&config.storage)?;
+    let (store, prefix) = open_store(&config.storage, &config.storage_options)?;
     let sink = Sink::new(store, prefix, node_id)
         .with_backoff(Backoff {
             initial: Duration::from_millis(100),

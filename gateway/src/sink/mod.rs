@@ -60,7 +60,26 @@ fn client_retry() -> RetryConfig {
 /// Open the store for `url`: `file:///abs`, a plain path, `memory://`, `s3://bucket/prefix`,
 /// `gs://bucket/prefix`, `az://container/prefix`. Cloud credentials, region and endpoint come
 /// from the usual environment variables (`AWS_*`, `GOOGLE_*`, `AZURE_*`), read by the builders.
-pub fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, Path), SinkError> {
+/// Apply URL, retries and `options` to a cloud store builder (each has its own key type).
+macro_rules! with_options {
+    ($builder:expr, $url:expr, $options:expr) => {{
+        let mut b = $builder.with_url($url).with_retry(client_retry());
+        for (k, v) in $options {
+            let key = k.parse().map_err(|e| SinkError::Url {
+                url: $url.to_owned(),
+                reason: format!("storage option {k:?}: {e}"),
+            })?;
+            b = b.with_config(key, v);
+        }
+        b
+    }};
+}
+
+/// `options` override the environment, with keys as `object_store` names them.
+pub fn open_store(
+    url: &str,
+    options: &[(String, String)],
+) -> Result<(Arc<dyn ObjectStore>, Path), SinkError> {
     let bad = |reason: String| SinkError::Url {
         url: url.to_owned(),
         reason,
@@ -78,24 +97,13 @@ pub fn open_store(url: &str) -> Result<(Arc<dyn ObjectStore>, Path), SinkError> 
             return open_local(&path);
         }
         "memory" => Arc::new(InMemory::new()),
-        "s3" | "s3a" => Arc::new(
-            AmazonS3Builder::from_env()
-                .with_url(url)
-                .with_retry(client_retry())
-                .build()?,
-        ),
-        "gs" => Arc::new(
-            GoogleCloudStorageBuilder::from_env()
-                .with_url(url)
-                .with_retry(client_retry())
-                .build()?,
-        ),
-        "az" | "abfs" | "abfss" | "azure" => Arc::new(
-            MicrosoftAzureBuilder::from_env()
-                .with_url(url)
-                .with_retry(client_retry())
-                .build()?,
-        ),
+        "s3" | "s3a" => Arc::new(with_options!(AmazonS3Builder::from_env(), url, options).build()?),
+        "gs" => {
+            Arc::new(with_options!(GoogleCloudStorageBuilder::from_env(), url, options).build()?)
+        }
+        "az" | "abfs" | "abfss" | "azure" => {
+            Arc::new(with_options!(MicrosoftAzureBuilder::from_env(), url, options).build()?)
+        }
         other => return Err(bad(format!("unsupported scheme {other:?}"))),
     };
     Ok((store, prefix))
@@ -243,7 +251,7 @@ mod tests {
 
     #[test]
     fn object_names_are_hive_partitioned_and_derived_from_the_cut() {
-        let (store, prefix) = open_store("memory:///lake/events").unwrap();
+        let (store, prefix) = open_store("memory:///lake/events", &[]).unwrap();
         let sink = Sink::new(store, prefix, "n1".into());
         let path = sink.object_path(&file(1).key, 42);
         assert_eq!(
@@ -254,7 +262,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_repeated_put_of_the_same_cut_is_not_an_error_and_keeps_one_object() {
-        let (store, prefix) = open_store("memory://").unwrap();
+        let (store, prefix) = open_store("memory://", &[]).unwrap();
         let sink = Sink::new(store.clone(), prefix, "n1".into());
         sink.put(&file(10), 1).await;
         sink.put(&file(10), 1).await;
@@ -265,7 +273,7 @@ mod tests {
     #[tokio::test]
     async fn large_files_go_up_as_multipart_uploads() {
         let dir = tempfile::tempdir().unwrap();
-        let (store, prefix) = open_store(dir.path().to_str().unwrap()).unwrap();
+        let (store, prefix) = open_store(dir.path().to_str().unwrap(), &[]).unwrap();
         let sink = Sink::new(store.clone(), prefix, "n1".into()).with_multipart(1 << 20, 5 << 20);
         let f = file(11 << 20);
         sink.put(&f, 3).await;

@@ -3,3 +3,4 @@
 mod assign;
 mod common;
 mod ingest;
+mod s3;
