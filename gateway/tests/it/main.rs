@@ -2,5 +2,7 @@
 
 mod assign;
 mod common;
+mod crash;
 mod ingest;
+mod lake;
 mod s3;

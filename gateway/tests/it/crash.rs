@@ -1,0 +1,223 @@
+//! Crash safety: a client posts continuously while the gateway is SIGKILLed at random moments
+//! and restarted; in the end every acknowledged event is in the Parquet output exactly once.
+//!
+//! Storage is a real S3-compatible server over HTTP, so uploads take real time and some kills
+//! land while a cut is half uploaded (counted from the cut journal and printed).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+use crate::common::*;
+use crate::s3::{BUCKET, S3Server};
+
+const KILLS: usize = 24;
+
+fn start_gateway(config: &Path, state: &Path) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--config", config.to_str().unwrap()])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first
+        .split("listening on ")
+        .nth(1)
+        .expect("first line names the address")
+        .trim()
+        .to_owned();
+    // Keep draining the log so the gateway never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, format!("http://{addr}"))
+}
+
+/// Whether the cut journal ends with a cut that was started but not finished.
+fn cut_pending(state: &Path) -> bool {
+    let text = std::fs::read_to_string(state.join("cuts.log")).unwrap_or_default();
+    let mut started = BTreeSet::new();
+    for line in text.lines() {
+        match line.split_once(' ') {
+            Some(("cut", n)) => {
+                started.insert(n.to_owned());
+            }
+            Some(("done", n)) => {
+                started.remove(n);
+            }
+            _ => {}
+        }
+    }
+    !started.is_empty()
+}
+
+#[derive(Default)]
+struct Ledger {
+    acked: BTreeSet<String>,
+    /// Batches sent without an answer: re-sent after the restart.
+    unanswered: Vec<Vec<String>>,
+    requests: usize,
+}
+
+async fn post_until_error(
+    base: String,
+    ledger: Arc<Mutex<Ledger>>,
+    mut next_id: impl FnMut() -> String,
+) {
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let t = now_ms();
+    loop {
+        let ids: Vec<String> = {
+            let mut l = ledger.lock().unwrap();
+            l.unanswered
+                .pop()
+                .unwrap_or_else(|| (0..50).map(|_| next_id()).collect())
+        };
+        let events: Vec<Value> = ids.iter().map(|id| assignment(id, t)).collect();
+        let resp = client
+            .post(format!("{base}/v1/events"))
+            .header("content-type", "application/json")
+            .body(serde_json::to_vec(&events).unwrap())
+            .send()
+            .await;
+        let mut l = ledger.lock().unwrap();
+        l.requests += 1;
+        match resp {
+            Ok(r) if r.status().is_success() => l.acked.extend(ids),
+            Ok(r) if r.status().as_u16() == 503 => l.unanswered.push(ids),
+            Ok(r) => panic!("unexpected status {}", r.status()),
+            Err(_) => {
+                l.unanswered.push(ids);
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_sigkill_exactly_once() {
+    let s3 = S3Server::start();
+    let state = tempfile::tempdir().unwrap();
+    let config = state.path().join("gateway.toml");
+    let mut toml = format!("storage = \"s3://{BUCKET}/crash\"\n[storage_options]\n");
+    for (k, v) in s3.options() {
+        toml.push_str(&format!("{k} = \"{v}\"\n"));
+    }
+    // Cut often and roll segments often, so kills meet cuts, uploads and retirement.
+    toml.push_str("[flush]\nmax_age_secs = 1\nmax_rows = 20000\n[wal]\nsegment_bytes = 65536\n");
+    toml.push_str("[upload]\nmultipart_threshold_bytes = 8192\n");
+    let state_dir = state.path().join("state");
+    std::fs::write(&config, toml).unwrap();
+
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x5eed);
+    let mut counter = 0u64;
+    let mut kills_during_cut = 0;
+    for round in 0..KILLS {
+        let (mut child, base) = start_gateway(&config, &state_dir);
+        let poster = {
+            let ledger = ledger.clone();
+            let start = counter;
+            counter += 1_000_000;
+            let mut n = start;
+            tokio::spawn(post_until_error(base, ledger, move || {
+                n += 1;
+                format!("r{round}-e{n}")
+            }))
+        };
+        if round % 3 == 0 {
+            // Aim: kill the moment a cut is journaled but not yet done, i.e. mid-upload.
+            for _ in 0..3000 {
+                if cut_pending(&state_dir) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(rng.random_range(100..1500))).await;
+        }
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        if cut_pending(&state_dir) {
+            kills_during_cut += 1;
+        }
+        poster.await.unwrap();
+    }
+
+    // A last run: re-send what was never answered, then stop gracefully so everything drains.
+    let (mut child, base) = start_gateway(&config, &state_dir);
+    let client = reqwest::Client::new();
+    let unanswered = std::mem::take(&mut ledger.lock().unwrap().unanswered);
+    for ids in unanswered {
+        let events: Vec<Value> = ids.iter().map(|id| assignment(id, now_ms())).collect();
+        let r = client
+            .post(format!("{base}/v1/events"))
+            .json(&events)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success());
+        ledger.lock().unwrap().acked.extend(ids);
+    }
+    unsafe_free_sigterm(&child);
+    assert!(child.wait().unwrap().success());
+
+    let mut stored: BTreeMap<String, usize> = BTreeMap::new();
+    let lake = s3.root.path().join(BUCKET).join("crash");
+    for r in rows(&lake, "assignments") {
+        *stored
+            .entry(r["event_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let ledger = ledger.lock().unwrap();
+    let doubled: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
+    let lost: Vec<_> = ledger
+        .acked
+        .iter()
+        .filter(|id| !stored.contains_key(*id))
+        .collect();
+    println!(
+        "crash test: {KILLS} SIGKILLs ({kills_during_cut} during an unfinished cut), {} requests, \
+         {} events acknowledged, {} stored, {} lost, {} doubled",
+        ledger.requests,
+        ledger.acked.len(),
+        stored.len(),
+        lost.len(),
+        doubled.len()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged but not stored: {:?}",
+        &lost[..lost.len().min(10)]
+    );
+    assert!(
+        doubled.is_empty(),
+        "stored more than once: {:?}",
+        &doubled[..doubled.len().min(10)]
+    );
+    assert!(ledger.acked.len() > 10_000, "the client barely got through");
+}
+
+/// SIGTERM through the `kill` command (std only sends SIGKILL).
+fn unsafe_free_sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
