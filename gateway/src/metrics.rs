@@ -18,6 +18,7 @@ pub const WAL_BYTES: &str = "gateway_wal_bytes";
 pub const WAL_SYNC_SECONDS: &str = "gateway_wal_sync_duration_seconds";
 pub const WAL_ERRORS: &str = "gateway_wal_errors_total";
 pub const CUTS: &str = "gateway_cuts_total";
+pub const CUTS_DEHYDRATED: &str = "gateway_cuts_dehydrated_total";
 pub const DURABLE_SEQ: &str = "gateway_durable_seq";
 pub const UPLOAD_SECONDS: &str = "gateway_upload_duration_seconds";
 pub const UPLOADED_BYTES: &str = "gateway_uploaded_bytes_total";

@@ -21,16 +21,14 @@ use futures::StreamExt;
 
 use crate::batch::{self, PartitionBounds};
 use crate::config::Config;
-use crate::dedup::{DedupWindow, FreshBatch, event_key};
+use crate::dedup::{DedupWindow, EventKey, FreshBatch, event_key};
 use crate::sink::{Backoff, Sink, open_store};
 use crate::validate;
 use crate::wal::cuts::CutLog;
 use crate::wal::record::{ENCODING_GZIP, ENCODING_IDENTITY, ENCODING_ZSTD};
-use crate::wal::{BatchRecord, LoggedBatch, WalHandle, WalWriter, open_segments};
-use crate::writer::{Cut, FileWriter};
+use crate::wal::{BatchRecord, LoggedBatch, WalHandle, WalWriter, list_segments, open_segments};
+use crate::writer::{Cut, FileWriter, FlushPolicy, HYDRATED_CUTS, SealedFile};
 
-/// Cuts waiting for upload; bounds memory held in finished files.
-const CUT_QUEUE: usize = 2;
 /// Logged batches waiting for the file writer.
 const LOGGED_QUEUE: usize = 4096;
 
@@ -69,7 +67,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Pipeline> {
     let durable = Arc::new(AtomicU64::new(cut_state.durable));
     let wal_bytes = Arc::new(AtomicU64::new(segments.bytes));
 
-    let (cut_tx, cut_rx) = flume::bounded::<Cut>(CUT_QUEUE);
+    // Unbounded, but only the first HYDRATED_CUTS entries hold file bytes; the rest are a few
+    // numbers each, and their count is bounded by the log's disk budget.
+    let (cut_tx, cut_rx) = flume::unbounded::<Cut>();
     let uploader = tokio::spawn(upload_loop(Uploader {
         rx: cut_rx,
         sink,
@@ -79,6 +79,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Pipeline> {
         durable: durable.clone(),
         concurrency: config.upload.concurrency,
         dedup_window: config.dedup.window,
+        flush: config.flush,
+        max_decompressed: config.limits.max_decompressed_bytes,
     }));
 
     // Dedup memory first: the ids of recent requests, also those already in storage.
@@ -90,30 +92,26 @@ pub async fn start(config: &Config) -> anyhow::Result<Pipeline> {
     }
 
     // Replay: rebuild the rows of every record not yet durable, cutting where the journal says.
-    let mut writer = FileWriter::new(config.flush);
+    let mut writer = FileWriter::new(config.flush, cut_state.durable);
     let mut replayed = 0u64;
     let mut pending = cut_state.pending.iter().copied().peekable();
     for record in segments.replay(cut_state.durable) {
         let record = record?;
         let seq = record.seq;
-        let rows = replay_rows(
-            &record,
-            config.limits.max_decompressed_bytes,
-            &dedup,
-            now_ms,
-        )
-        .with_context(|| format!("replaying log record {seq}"))?;
+        let (rows, keys) = record_rows(&record, config.limits.max_decompressed_bytes)
+            .with_context(|| format!("replaying log record {seq}"))?;
+        dedup.remember(keys, record.received_micros / 1000, now_ms);
         writer.add(LoggedBatch { seq, rows })?;
         replayed += 1;
         while pending.next_if(|&p| p <= seq).is_some() {
             if let Some(cut) = writer.cut()? {
-                cut_tx.send_async(cut).await.ok();
+                send_cut(&cut_tx, cut);
             }
         }
     }
     // Whatever remains after the last pending cut goes out now rather than waiting for a policy.
     if let Some(cut) = writer.cut()? {
-        cut_tx.send_async(cut).await.ok();
+        send_cut(&cut_tx, cut);
     }
     if replayed > 0 {
         tracing::info!(
@@ -183,13 +181,18 @@ impl Pipeline {
     }
 }
 
-/// Decode a logged record back into its rows, and remember its ids for dedup.
-fn replay_rows(
+fn send_cut(tx: &flume::Sender<Cut>, mut cut: Cut) {
+    if tx.len() >= HYDRATED_CUTS {
+        cut.files = None;
+    }
+    let _ = tx.send(cut);
+}
+
+/// Decode a logged record back into its rows, and the dedup keys of its new events.
+fn record_rows(
     record: &BatchRecord,
     max_decompressed: usize,
-    dedup: &DedupWindow,
-    now_ms: i64,
-) -> anyhow::Result<Vec<batch::PartitionRows>> {
+) -> anyhow::Result<(Vec<batch::PartitionRows>, Vec<EventKey>)> {
     let body = decompress(record.encoding, &record.body, max_decompressed)?;
     let valid = validate::decode(&body, record.format, usize::MAX)
         .map_err(|e| anyhow::anyhow!("logged body no longer decodes: {e}"))?;
@@ -206,9 +209,42 @@ fn replay_rows(
         .filter(|(_, f)| **f)
         .map(|(e, _)| event_key(&e.event_id))
         .collect();
-    dedup.remember(keys, record.received_micros / 1000, now_ms);
     let fresh = FreshBatch::with_fresh(valid, record.fresh.clone());
-    Ok(batch::rows(&fresh, record.received_micros, record.bounds))
+    Ok((
+        batch::rows(&fresh, record.received_micros, record.bounds),
+        keys,
+    ))
+}
+
+/// Rebuild the files of a dehydrated cut from the log: the rows of records `after+1..=seq`.
+/// Those records are synced and whole; the writer may be appending past them meanwhile.
+fn rehydrate(
+    wal_dir: &Path,
+    after: u64,
+    seq: u64,
+    flush: FlushPolicy,
+    max_decompressed: usize,
+) -> anyhow::Result<Vec<SealedFile>> {
+    let mut writer = FileWriter::new(flush, after);
+    let mut last = after;
+    for record in list_segments(wal_dir)?.replay(after) {
+        match record {
+            Ok(r) if r.seq <= seq => {
+                let (rows, _) = record_rows(&r, max_decompressed)?;
+                last = r.seq;
+                writer.add(LoggedBatch { seq: r.seq, rows })?;
+            }
+            Ok(_) => break,
+            // A record being appended right now, past the cut.
+            Err(_) if last == seq => break,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    anyhow::ensure!(
+        last == seq,
+        "log ends at {last}, cut {seq} cannot be rebuilt"
+    );
+    Ok(writer.cut()?.and_then(|c| c.files).unwrap_or_default())
 }
 
 /// Decompress a body stored with `encoding`, refusing to grow past `limit` bytes.
@@ -255,19 +291,41 @@ struct Uploader {
     durable: Arc<AtomicU64>,
     concurrency: usize,
     dedup_window: Duration,
+    flush: FlushPolicy,
+    max_decompressed: usize,
 }
 
 /// Upload cuts in order: journal `cut`, upload every file, journal `done`, retire segments.
 async fn upload_loop(u: Uploader) {
     while let Ok(cut) = u.rx.recv_async().await {
         let seq = cut.seq;
+        let files = match cut.files {
+            Some(files) => files,
+            None => {
+                let (dir, flush, max) = (u.wal_dir.clone(), u.flush, u.max_decompressed);
+                let after = cut.after;
+                match tokio::task::spawn_blocking(move || rehydrate(&dir, after, seq, flush, max))
+                    .await
+                {
+                    Ok(Ok(files)) => files,
+                    Ok(Err(e)) => {
+                        tracing::error!(seq, error = %e, "cannot rebuild cut from the log; stopping uploads");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::error!(seq, error = %e, "cut rebuild panicked; stopping uploads");
+                        return;
+                    }
+                }
+            }
+        };
         if let Err(e) = journal(&u.cut_log, seq, false).await {
             // Without the journal entry a crash could re-cut differently: do not upload.
             tracing::error!(seq, error = %e, "cannot journal cut; stopping uploads (rows stay in the log)");
             return;
         }
-        let files = cut.files.len();
-        futures::stream::iter(cut.files)
+        let count = files.len();
+        futures::stream::iter(files)
             .map(|file| {
                 let sink = u.sink.clone();
                 async move { sink.put(&file, seq).await }
@@ -299,7 +357,7 @@ async fn upload_loop(u: Uploader) {
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete retired log segments"),
             Err(e) => tracing::warn!(error = %e, "segment retirement panicked"),
         }
-        tracing::debug!(seq, files, "cut durable");
+        tracing::debug!(seq, files = count, "cut durable");
     }
 }
 

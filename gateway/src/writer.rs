@@ -40,12 +40,21 @@ pub struct SealedFile {
     pub bytes: Bytes,
 }
 
-/// Every file of one cut; `seq` names them.
+/// Every file of one cut: the rows of records `after+1..=seq`; `seq` names the files.
+///
+/// `files` is `None` when the cut was *dehydrated*: the uploader was behind (storage slow or
+/// down), so the encoded bytes were dropped rather than held in memory, and the uploader rebuilds
+/// them from the write-ahead log when it gets to this cut. Memory stays bounded; the log, bounded
+/// by its disk budget, absorbs the outage.
 #[derive(Debug, Clone)]
 pub struct Cut {
+    pub after: u64,
     pub seq: u64,
-    pub files: Vec<SealedFile>,
+    pub files: Option<Vec<SealedFile>>,
 }
+
+/// Cuts held with their bytes while waiting for upload; later ones are dehydrated.
+pub const HYDRATED_CUTS: usize = 1;
 
 #[derive(Debug, thiserror::Error)]
 #[error("parquet encoding failed: {0}")]
@@ -64,6 +73,8 @@ pub struct FileWriter {
     oldest: Option<Instant>,
     /// Highest sequence added since the last cut; 0 when none.
     last_seq: u64,
+    /// Sequence of the last cut (or the durable point at start).
+    prev_cut: u64,
 }
 
 impl std::fmt::Debug for FileWriter {
@@ -77,7 +88,8 @@ impl std::fmt::Debug for FileWriter {
 }
 
 impl FileWriter {
-    pub fn new(policy: FlushPolicy) -> Self {
+    /// `durable`: every record up to here is already in storage.
+    pub fn new(policy: FlushPolicy, durable: u64) -> Self {
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(
                 ZstdLevel::try_new(3).expect("valid zstd level"),
@@ -93,6 +105,7 @@ impl FileWriter {
             rows: 0,
             oldest: None,
             last_seq: 0,
+            prev_cut: durable,
         }
     }
 
@@ -174,9 +187,11 @@ impl FileWriter {
             });
         }
         let cut = Cut {
+            after: self.prev_cut,
             seq: self.last_seq,
-            files,
+            files: Some(files),
         };
+        self.prev_cut = self.last_seq;
         self.rows = 0;
         self.oldest = None;
         self.last_seq = 0;
@@ -208,8 +223,12 @@ impl FileWriter {
             };
             if stop || self.due(Instant::now()) {
                 match self.cut() {
-                    Ok(Some(cut)) => {
+                    Ok(Some(mut cut)) => {
                         metrics::counter!(crate::metrics::CUTS).increment(1);
+                        if cuts.len() >= HYDRATED_CUTS {
+                            metrics::counter!(crate::metrics::CUTS_DEHYDRATED).increment(1);
+                            cut.files = None;
+                        }
                         if cuts.send(cut).is_err() {
                             return;
                         }

@@ -30,7 +30,7 @@ pub(crate) mod segment;
 mod writer;
 
 pub use record::{BatchRecord, RecordError};
-pub use segment::{Replay, SegmentSet, open_segments, retire};
+pub use segment::{Replay, SegmentSet, list_segments, open_segments, retire};
 pub use writer::{AppendError, LoggedBatch, WalHandle, WalWriter};
 
 /// Errors of the log that fail a request or the start-up.

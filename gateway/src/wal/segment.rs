@@ -33,24 +33,34 @@ pub fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
     dir.join(format!("{first_seq:020}{SUFFIX}"))
 }
 
-/// List, check and repair the log in `dir` (created if missing).
-pub fn open_segments(dir: &Path) -> Result<SegmentSet, WalError> {
-    fs::create_dir_all(dir)?;
+/// The segments in `dir`, oldest first, read-only and unchecked: for reading records that are
+/// known to be whole (at or below a sequence already synced) while the writer appends.
+pub fn list_segments(dir: &Path) -> io::Result<SegmentSet> {
     let mut segments = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
-            continue;
-        };
-        let Some(first_seq) = name
-            .strip_suffix(SUFFIX)
-            .and_then(|s| s.parse::<u64>().ok())
-        else {
-            continue;
-        };
-        segments.push(Segment { first_seq, path });
+        let first_seq = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(SUFFIX))
+            .and_then(|s| s.parse::<u64>().ok());
+        if let Some(first_seq) = first_seq {
+            segments.push(Segment { first_seq, path });
+        }
     }
     segments.sort_by_key(|s| s.first_seq);
+    Ok(SegmentSet {
+        dir: dir.to_owned(),
+        segments,
+        last_seq: 0,
+        bytes: 0,
+    })
+}
+
+/// List, check and repair the log in `dir` (created if missing).
+pub fn open_segments(dir: &Path) -> Result<SegmentSet, WalError> {
+    fs::create_dir_all(dir)?;
+    let segments = list_segments(dir)?.segments;
     let mut last_seq = 0;
     let mut bytes = 0;
     let count = segments.len();

@@ -104,7 +104,7 @@ fn retirement_deletes_only_fully_durable_segments_and_never_the_newest() {
     write_segment(dir.path(), 1..=3);
     write_segment(dir.path(), 4..=6);
     write_segment(dir.path(), 7..=9);
-    assert_eq!(retire(dir.path(), 5).unwrap() > 0, true);
+    assert!(retire(dir.path(), 5).unwrap() > 0);
     assert_eq!(replayed(dir.path(), 0), [4, 5, 6, 7, 8, 9]);
     retire(dir.path(), 6).unwrap();
     assert_eq!(replayed(dir.path(), 0), [7, 8, 9]);
@@ -202,4 +202,37 @@ proptest! {
         let whole = ends.iter().filter(|&&e| e <= cut).count() as u64;
         prop_assert_eq!(replayed(dir.path(), 0), (1..=whole).collect::<Vec<_>>());
     }
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_the_append_without_acknowledging_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let set = open_segments(dir.path()).unwrap();
+    // The segment the writer opens is /dev/full: every write fails with ENOSPC, like a full disk.
+    std::os::unix::fs::symlink("/dev/full", segment::segment_path(dir.path(), 1)).unwrap();
+    let (tx, rx) = flume::unbounded();
+    let (wal, thread) = WalWriter {
+        dir: dir.path().to_owned(),
+        segment_bytes: 1 << 20,
+        budget_bytes: 1 << 30,
+        queue_len: 4,
+    }
+    .spawn(&set, Arc::new(AtomicU64::new(0)), tx)
+    .unwrap();
+    for _ in 0..3 {
+        let ack = wal
+            .try_append(record(0, "x"), Vec::new(), Vec::new())
+            .unwrap();
+        let err = ack.await.unwrap().unwrap_err();
+        assert!(
+            matches!(&err, AppendError::Io(m) if m.contains("No space")),
+            "{err:?}"
+        );
+    }
+    wal.close().await;
+    thread.join().unwrap();
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing may go downstream unacknowledged"
+    );
 }

@@ -19,7 +19,7 @@ use crate::s3::{BUCKET, S3Server};
 
 const KILLS: usize = 24;
 
-fn start_gateway(config: &Path, state: &Path) -> (Child, String) {
+pub fn start_gateway(config: &Path, state: &Path) -> (Child, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
         .args(["--config", config.to_str().unwrap()])
         .args([

@@ -5,4 +5,5 @@ mod common;
 mod crash;
 mod ingest;
 mod lake;
+mod outage;
 mod s3;
