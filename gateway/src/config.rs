@@ -50,6 +50,7 @@ pub struct RawConfig {
     pub state_dir: Option<PathBuf>,
     pub experiments: Option<PathBuf>,
     pub shutdown_timeout_secs: Option<u64>,
+    pub ack: Option<AckMode>,
     #[serde(default)]
     pub limits: RawLimits,
     #[serde(default)]
@@ -110,6 +111,17 @@ pub struct RawUpload {
     pub retry_max_backoff_secs: Option<u64>,
 }
 
+/// When `POST /v1/events` answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AckMode {
+    /// After the fsync that covers the request: a 200 survives `kill -9` and power loss.
+    Durable,
+    /// After the request is queued for the log: lower latency, but events acknowledged in the
+    /// last moments before a crash (or a failed write) are lost. See docs/performance.md.
+    Buffered,
+}
+
 /// Request size limits of `POST /v1/events`.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -168,6 +180,8 @@ pub struct Config {
     pub upload: UploadConfig,
     /// How long shutdown waits for the last uploads before leaving them to the log. Default 30 s.
     pub shutdown_timeout: Duration,
+    /// Default `durable`.
+    pub ack: AckMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -325,6 +339,7 @@ impl RawConfig {
             wal,
             upload,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs.unwrap_or(30)),
+            ack: self.ack.unwrap_or(AckMode::Durable),
         })
     }
 }

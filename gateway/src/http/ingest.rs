@@ -9,6 +9,7 @@ use serde::Serialize;
 use super::AppState;
 use super::response::{ApiError, Body, json};
 use crate::batch;
+use crate::config::AckMode;
 use crate::pipeline::{DecompressError, decompress};
 use crate::validate::{self, BodyError, BodyFormat};
 use crate::wal::record::{ENCODING_GZIP, ENCODING_IDENTITY, ENCODING_ZSTD};
@@ -133,7 +134,18 @@ async fn ingest_collecting(
             .wal
             .try_append(record, rows, fresh.inserted.clone())
         {
-            Ok(ack) => ack.await.unwrap_or(Err(AppendError::Closed)),
+            Ok(ack) if state.config.ack == AckMode::Durable => {
+                ack.await.unwrap_or(Err(AppendError::Closed))
+            }
+            Ok(ack) => {
+                // Buffered: answer now; a later write failure can no longer reach the client.
+                tokio::spawn(async move {
+                    if let Ok(Err(e)) = ack.await {
+                        tracing::error!(error = %e, "buffered batch was acknowledged but not logged");
+                    }
+                });
+                Ok(0)
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = result {

@@ -1,0 +1,47 @@
+//! Inputs shared by the benches: realistic request bodies and experiment files.
+
+use serde_json::{Value, json};
+
+/// A JSON array of `n` events (2/3 assignments with props, 1/3 conversions), ids prefixed by
+/// `tag` so that bodies with different tags do not collide in the dedup window.
+pub fn batch_body(n: usize, tag: &str) -> Vec<u8> {
+    let ts = chrono::Utc::now().timestamp_millis();
+    let events: Vec<Value> = (0..n)
+        .map(|i| {
+            if i % 3 == 2 {
+                json!({"event_id": format!("{tag}-{i:06}-8f14e45fceea167a5a36dedd4bea2543"),
+                    "type": "conversion", "ts": ts, "user_id": format!("user-{}", i * 7919 % 100_000),
+                    "name": "purchase", "value": 19.99, "experiment": "checkout_button", "variant": "treatment"})
+            } else {
+                json!({"event_id": format!("{tag}-{i:06}-c9f0f895fb98ab9159f51fd0297e236d"),
+                    "type": "assignment", "ts": ts, "user_id": format!("user-{}", i * 7919 % 100_000),
+                    "experiment": "checkout_button", "variant": if i % 2 == 0 { "control" } else { "treatment" },
+                    "props": {"device": "ios", "app_version": "2.3.1", "country": "US"}})
+            }
+        })
+        .collect();
+    serde_json::to_vec(&events).expect("json")
+}
+
+/// Ten running experiments exercising conditions, layers, coverage and prerequisites.
+pub fn ten_experiments() -> String {
+    let mut list = Vec::new();
+    for i in 0..10 {
+        let mut e = json!({"key": format!("exp_{i}"), "variants": ["control", "treatment"], "status": "running"});
+        match i % 5 {
+            1 => {
+                e["condition"] =
+                    json!({"country": {"$in": ["US", "CA"]}, "app_version": {"$vgte": "2.0.0"}})
+            }
+            2 => e["coverage"] = json!(0.5),
+            3 => {
+                e["layer"] =
+                    json!({"name": "layer_a", "range": if i < 5 { [0.0, 0.5] } else { [0.5, 1.0] }})
+            }
+            4 => e["variants"] = json!(["a", "b", "c"]),
+            _ => {}
+        }
+        list.push(e);
+    }
+    json!({"experiments": list}).to_string()
+}
