@@ -104,32 +104,34 @@ fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-static ASSIGNMENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
+/// The two event tables: common columns, then the table's own; `props` last.
+fn event_schema(own: Vec<Field>) -> SchemaRef {
+    let mut fields = vec![
         Field::new("event_id", DataType::Utf8, false),
         Field::new("ts", ts_type(), false),
         Field::new("received_at", ts_type(), false),
         Field::new("ts_out_of_bounds", DataType::Boolean, false),
         Field::new("user_id", DataType::Utf8, false),
+    ];
+    fields.extend(own);
+    fields.push(Field::new("props", DataType::Utf8, true));
+    Arc::new(Schema::new(fields))
+}
+
+static ASSIGNMENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    event_schema(vec![
         Field::new("experiment", DataType::Utf8, false),
         Field::new("variant", DataType::Utf8, false),
-        Field::new("props", DataType::Utf8, true),
-    ]))
+    ])
 });
 
 static CONVERSIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    Arc::new(Schema::new(vec![
-        Field::new("event_id", DataType::Utf8, false),
-        Field::new("ts", ts_type(), false),
-        Field::new("received_at", ts_type(), false),
-        Field::new("ts_out_of_bounds", DataType::Boolean, false),
-        Field::new("user_id", DataType::Utf8, false),
+    event_schema(vec![
         Field::new("name", DataType::Utf8, false),
         Field::new("value", DataType::Float64, true),
         Field::new("experiment", DataType::Utf8, true),
         Field::new("variant", DataType::Utf8, true),
-        Field::new("props", DataType::Utf8, true),
-    ]))
+    ])
 });
 
 static REJECTED: LazyLock<SchemaRef> = LazyLock::new(|| {

@@ -164,18 +164,19 @@ pub fn decode(
 fn decode_array(body: &[u8], max_events: usize) -> Result<ValidBatch<'_>, BodyError> {
     let mut batch = ValidBatch::default();
     let mut de = serde_json::Deserializer::from_slice(body);
+    let mut too_many = false;
     let seed = BatchSeed {
         batch: &mut batch,
         max_events,
-        too_many: false,
+        too_many: &mut too_many,
     };
-    let too_many = match de.deserialize_seq(seed) {
-        Ok(too_many) => too_many,
-        Err(e) => return Err(array_error(body, &e)),
-    };
+    let result = de.deserialize_seq(seed);
+    // The walk stops at the first event over the limit; serde then complains about the rest of
+    // the array, but the limit is the answer.
     if too_many {
         return Err(BodyError::TooManyEvents { limit: max_events });
     }
+    result.map_err(|e| array_error(body, &e))?;
     de.end().map_err(|e| array_error(body, &e))?;
     if !batch.rejected.is_empty() {
         // Rare path: a second pass to recover the raw text of each refused element.
@@ -260,38 +261,38 @@ impl<'a> ValidBatch<'a> {
     }
 }
 
-/// Walks the top-level array, pushing each element's outcome; answers whether the limit was hit.
+/// Walks the top-level array, pushing each element's outcome; flags a batch over the limit.
 struct BatchSeed<'b, 'a> {
     batch: &'b mut ValidBatch<'a>,
     max_events: usize,
-    too_many: bool,
+    too_many: &'b mut bool,
 }
 
 impl<'de> DeserializeSeed<'de> for BatchSeed<'_, 'de> {
-    type Value = bool;
+    type Value = ();
 
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         d.deserialize_seq(self)
     }
 }
 
 impl<'de> Visitor<'de> for BatchSeed<'_, 'de> {
-    type Value = bool;
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a JSON array of events")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> Result<bool, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         if let Some(hint) = seq.size_hint() {
             self.batch.events.reserve(hint.min(self.max_events));
         }
         let mut index: u32 = 0;
         while let Some(outcome) = seq.next_element::<Outcome<'de>>()? {
             if index as usize >= self.max_events {
-                self.too_many = true;
+                *self.too_many = true;
                 // Stop early: the rest of the body is not worth parsing.
-                return Ok(true);
+                return Ok(());
             }
             match outcome {
                 Outcome::Valid(mut event) => {
@@ -312,7 +313,7 @@ impl<'de> Visitor<'de> for BatchSeed<'_, 'de> {
             }
             index += 1;
         }
-        Ok(self.too_many)
+        Ok(())
     }
 }
 

@@ -208,6 +208,11 @@ fn the_event_count_is_limited() {
         decode(body.as_bytes(), BodyFormat::JsonArray, 2).unwrap_err(),
         BodyError::TooManyEvents { limit: 2 }
     );
+    let many = format!("[{}]", vec![ASSIGNMENT; 50].join(","));
+    assert_eq!(
+        decode(many.as_bytes(), BodyFormat::JsonArray, 2).unwrap_err(),
+        BodyError::TooManyEvents { limit: 2 }
+    );
     let lines = format!("{ASSIGNMENT}\n{ASSIGNMENT}\n{ASSIGNMENT}\n");
     assert_eq!(
         decode(lines.as_bytes(), BodyFormat::NdJson, 2).unwrap_err(),

@@ -205,3 +205,70 @@ pub fn ndjson(events: &[Value]) -> Vec<u8> {
     }
     out
 }
+
+/// Start the gateway binary; returns the process and its base URL (read from the first log line).
+pub fn start_gateway(config: &Path, state: &Path) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["--config", config.to_str().unwrap()])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first
+        .split("listening on ")
+        .nth(1)
+        .expect("the first log line names the address")
+        .trim()
+        .to_owned();
+    // Keep draining the log so the gateway never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, format!("http://{addr}"))
+}
+
+/// SIGTERM (std only sends SIGKILL), then wait for a clean exit.
+pub fn stop_gracefully(mut child: std::process::Child) {
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        child.wait().unwrap().success(),
+        "gateway did not exit 0 after SIGTERM"
+    );
+}
+
+/// How many times each event id is stored in `lake`'s assignments table.
+pub fn stored_counts(lake: &Path) -> BTreeMap<String, usize> {
+    let mut stored = BTreeMap::new();
+    for r in rows(lake, "assignments") {
+        *stored
+            .entry(r["event_id"].as_str().unwrap().to_owned())
+            .or_default() += 1;
+    }
+    stored
+}
+
+/// A gauge or counter from the gateway's `/metrics`.
+pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
+}

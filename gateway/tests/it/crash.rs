@@ -4,10 +4,8 @@
 //! Storage is a real S3-compatible server over HTTP, so uploads take real time and some kills
 //! land while a cut is half uploaded (counted from the cut journal and printed).
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
+use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,32 +16,6 @@ use crate::common::*;
 use crate::s3::{BUCKET, S3Server};
 
 const KILLS: usize = 24;
-
-pub fn start_gateway(config: &Path, state: &Path) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["--config", config.to_str().unwrap()])
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--state-dir",
-            state.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let addr = first
-        .split("listening on ")
-        .nth(1)
-        .expect("first line names the address")
-        .trim()
-        .to_owned();
-    // Keep draining the log so the gateway never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    (child, format!("http://{addr}"))
-}
 
 /// Whether the cut journal ends with a cut that was started but not finished.
 fn cut_pending(state: &Path) -> bool {
@@ -160,7 +132,7 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
     }
 
     // A last run: re-send what was never answered, then stop gracefully so everything drains.
-    let (mut child, base) = start_gateway(&config, &state_dir);
+    let (child, base) = start_gateway(&config, &state_dir);
     let client = reqwest::Client::new();
     let unanswered = std::mem::take(&mut ledger.lock().unwrap().unanswered);
     for ids in unanswered {
@@ -174,16 +146,9 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
         assert!(r.status().is_success());
         ledger.lock().unwrap().acked.extend(ids);
     }
-    unsafe_free_sigterm(&child);
-    assert!(child.wait().unwrap().success());
+    stop_gracefully(child);
 
-    let mut stored: BTreeMap<String, usize> = BTreeMap::new();
-    let lake = s3.root.path().join(BUCKET).join("crash");
-    for r in rows(&lake, "assignments") {
-        *stored
-            .entry(r["event_id"].as_str().unwrap().to_owned())
-            .or_default() += 1;
-    }
+    let stored = stored_counts(&s3.root.path().join(BUCKET).join("crash"));
     let ledger = ledger.lock().unwrap();
     let doubled: Vec<_> = stored.iter().filter(|(_, n)| **n > 1).collect();
     let lost: Vec<_> = ledger
@@ -211,13 +176,4 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
         &doubled[..doubled.len().min(10)]
     );
     assert!(ledger.acked.len() > 10_000, "the client barely got through");
-}
-
-/// SIGTERM through the `kill` command (std only sends SIGKILL).
-fn unsafe_free_sigterm(child: &Child) {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
 }

@@ -1,32 +1,15 @@
 //! Object storage goes down mid-run: the gateway keeps accepting into its log until the disk
 //! budget, then answers 503 `log_full`; when storage is back everything drains, exactly once.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
 use crate::common::*;
-use crate::crash::start_gateway;
 use crate::s3::{BUCKET, S3Server};
 
 const BUDGET: u64 = 1 << 20;
-
-async fn wal_bytes(client: &reqwest::Client, base: &str) -> u64 {
-    let text = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix("gateway_wal_bytes "))
-        .map(|v| v.trim().parse::<f64>().unwrap() as u64)
-        .unwrap_or(0)
-}
 
 async fn post(client: &reqwest::Client, base: &str, ids: &[String]) -> (u16, Value) {
     let events: Vec<Value> = ids.iter().map(|id| assignment(id, now_ms())).collect();
@@ -37,6 +20,9 @@ async fn post(client: &reqwest::Client, base: &str, ids: &[String]) -> (u16, Val
         .await
         .unwrap();
     let status = r.status().as_u16();
+    if status == 503 {
+        assert_eq!(r.headers()["retry-after"], "1", "a 503 says when to retry");
+    }
     (status, r.json().await.unwrap())
 }
 
@@ -57,7 +43,7 @@ async fn a_storage_outage_is_absorbed_by_the_log_up_to_its_budget_then_drains() 
     ));
     std::fs::write(&config, toml).unwrap();
     let state = dir.path().join("state");
-    let (mut child, base) = start_gateway(&config, &state);
+    let (child, base) = start_gateway(&config, &state);
     let client = reqwest::Client::new();
     let mut acked = BTreeSet::new();
     let mut n = 0;
@@ -88,7 +74,7 @@ async fn a_storage_outage_is_absorbed_by_the_log_up_to_its_budget_then_drains() 
             }
             503 => {
                 assert_eq!(body["error"]["code"], "log_full", "{body}");
-                let bytes = wal_bytes(&client, &base).await;
+                let bytes = metric(&client, &base, "gateway_wal_bytes").await as u64;
                 assert!(bytes >= BUDGET, "503 with only {bytes} bytes of log");
                 refused += 1;
                 if refused == 20 {
@@ -104,18 +90,8 @@ async fn a_storage_outage_is_absorbed_by_the_log_up_to_its_budget_then_drains() 
         "only {accepted_during_outage} requests taken during the outage"
     );
 
-    let metrics = client
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("gateway_cuts_dehydrated_total ") && !l.ends_with(" 0")),
+        metric(&client, &base, "gateway_cuts_dehydrated_total").await > 0.0,
         "no cut was dehydrated: the rebuild-from-log path went untested"
     );
     s3.resume();
@@ -132,19 +108,8 @@ async fn a_storage_outage_is_absorbed_by_the_log_up_to_its_budget_then_drains() 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert!(child.wait().unwrap().success());
-
-    let mut stored: BTreeMap<String, usize> = BTreeMap::new();
-    for r in rows(&s3.root.path().join(BUCKET).join("outage"), "assignments") {
-        *stored
-            .entry(r["event_id"].as_str().unwrap().to_owned())
-            .or_default() += 1;
-    }
+    stop_gracefully(child);
+    let stored = stored_counts(&s3.root.path().join(BUCKET).join("outage"));
     println!(
         "outage test: {} acknowledged ({accepted_during_outage} requests during the outage), \
          {refused} refused past the budget, {} stored",
