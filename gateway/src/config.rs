@@ -49,6 +49,7 @@ pub struct RawConfig {
     pub storage_options: std::collections::BTreeMap<String, String>,
     pub state_dir: Option<PathBuf>,
     pub experiments: Option<PathBuf>,
+    pub experiments_poll_secs: Option<u64>,
     pub shutdown_timeout_secs: Option<u64>,
     pub ack: Option<AckMode>,
     #[serde(default)]
@@ -169,6 +170,9 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// `None`: the example file built into the binary (no reload).
     pub experiments: Option<PathBuf>,
+    /// How often the experiments file is checked for changes; `None` (set 0): only on SIGHUP or
+    /// `POST /admin/reload`. Default 1 s.
+    pub experiments_poll: Option<Duration>,
     pub limits: Limits,
     /// Default window 10 minutes, at most 20 million ids (about 400-800 MB).
     pub dedup: DedupConfig,
@@ -332,6 +336,10 @@ impl RawConfig {
             storage_options: self.storage_options.into_iter().collect(),
             state_dir: self.state_dir.unwrap_or_else(|| "./state".into()),
             experiments: self.experiments,
+            experiments_poll: match self.experiments_poll_secs.unwrap_or(1) {
+                0 => None,
+                secs => Some(Duration::from_secs(secs)),
+            },
             limits,
             dedup,
             flush,

@@ -67,7 +67,14 @@ async fn serve_with(
 ) -> anyhow::Result<()> {
     let metrics = crate::metrics::install();
     let timeout = config.shutdown_timeout;
-    let watcher = tokio::spawn(experiments.clone().watch(std::time::Duration::from_secs(1)));
+    let watcher = tokio::spawn({
+        let (experiments, poll) = (experiments.clone(), config.experiments_poll);
+        async move {
+            if let Some(every) = poll {
+                experiments.watch(every).await;
+            }
+        }
+    });
     let hangup = tokio::spawn(reload_on_sighup(experiments.clone()));
     let state = Arc::new(AppState {
         config,

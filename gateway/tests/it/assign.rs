@@ -211,3 +211,54 @@ async fn a_changed_file_is_picked_up_without_any_request() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn sighup_reloads_the_experiments_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("experiments.json");
+    std::fs::write(&path, experiments_file(1.0)).unwrap();
+    let config = dir.path().join("gateway.toml");
+    // No polling: only the signal can pick up the change.
+    std::fs::write(
+        &config,
+        format!(
+            "experiments = {:?}\nexperiments_poll_secs = 0\nstorage = {:?}\n",
+            path,
+            dir.path().join("data")
+        ),
+    )
+    .unwrap();
+    let (child, base) = start_gateway(&config, &dir.path().join("state"));
+    let client = reqwest::Client::new();
+    let variant = || async {
+        let r: Value = client
+            .post(format!("{base}/v1/assign"))
+            .json(&json!({"user_id": "h"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        r["assignments"][0]["variant"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(variant().await, "control");
+    std::fs::write(&path, experiments_file(0.0)).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(variant().await, "control", "reloaded without being asked");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut got = String::new();
+    for _ in 0..50 {
+        got = variant().await;
+        if got == "treatment" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(got, "treatment", "SIGHUP did not reload");
+    stop_gracefully(child);
+}
