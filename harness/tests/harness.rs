@@ -1,0 +1,226 @@
+//! End-to-end: the real gateway (in process, port 0), the demo target (in process, port 0)
+//! and the `harness` binary as a user runs it, judged by its exit code and `summary.json`.
+//!
+//! Runs are short (about 6 s each) and serialized: two load tests at once on a 2-core
+//! machine would measure each other. The effects tested are large next to the noise (+5 ms
+//! on a sub-millisecond service; margins of 5-20 % for A/A), so the outcomes do not depend
+//! on the machine's speed; the profiles relax the generator-saturation limits because the
+//! harness under test is a debug build.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use harness::demo_target::{DemoConfig, DemoTarget, parse_costs};
+use tempfile::TempDir;
+
+static ONE_LOAD_TEST_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn experiments_file() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../gateway/experiments.example.json")
+}
+
+struct Stack {
+    gateway: gateway::Server,
+    target: DemoTarget,
+    dir: TempDir,
+}
+
+impl Stack {
+    async fn start(delays: &str) -> Stack {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&state).unwrap();
+        let config = gateway::Config::for_tests(&data, &state, &experiments_file());
+        let gateway = gateway::Server::start(config).await.unwrap();
+        let mut demo = DemoConfig::new("127.0.0.1:0".parse().unwrap());
+        demo.delays = parse_costs(delays).unwrap();
+        let target = DemoTarget::start(demo).await.unwrap();
+        Stack {
+            gateway,
+            target,
+            dir,
+        }
+    }
+
+    async fn stop(self) {
+        self.target.shutdown().await;
+        self.gateway.shutdown().await.unwrap();
+    }
+
+    /// Writes `profile` and runs `harness run` on it; returns the exit code, the parsed
+    /// `summary.json` (if written) and the output directory.
+    async fn run(&self, profile: &str) -> (i32, Option<serde_json::Value>, PathBuf) {
+        let profile_path = self.dir.path().join("profile.toml");
+        std::fs::write(&profile_path, profile).unwrap();
+        let out = self.dir.path().join("out");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_harness"));
+        cmd.arg("run")
+            .arg(&profile_path)
+            .args(["--gateway", &format!("http://{}", self.gateway.addr())])
+            .args(["--target", &format!("http://{}", self.target.addr())])
+            .arg("--out")
+            .arg(&out);
+        // The gateway and the target live in this test's runtime: wait without blocking it.
+        let output = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        let code = output.status.code().unwrap_or(-1);
+        eprintln!(
+            "harness exit {code}\nstdout:\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let summary = std::fs::read_to_string(out.join("summary.json"))
+            .ok()
+            .map(|s| serde_json::from_str(&s).unwrap());
+        (code, summary, out)
+    }
+}
+
+/// A short profile: 300 target requests/s for 4 s after a 1 s ramp.
+fn profile(variant_in: &str) -> String {
+    let target = match variant_in {
+        "query" => "path = \"/checkout\"\nvariant_in = \"query\"",
+        "path" => "path = \"/checkout/{variant}\"\nvariant_in = \"path\"",
+        _ => "path = \"/checkout\"\nvariant_in = \"header\"",
+    };
+    format!(
+        r#"
+name = "test"
+[gateway]
+url = "http://127.0.0.1:9"
+[experiment]
+key = "checkout_button"
+weights = {{ control = 0.5, treatment = 0.5 }}
+[target]
+url = "http://127.0.0.1:9"
+{target}
+[load]
+users = 12
+rate = 300
+ramp_seconds = 1
+duration_seconds = 4
+requests_per_unit = 4
+[events]
+batch_size = 20
+flush_ms = 500
+[verdict]
+margins = {{ p50 = 0.05, p95 = 0.10, p99 = 0.20 }}
+replicates = 1000
+max_client_lag_ms = 200
+min_achieved_ratio = 0.5
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_ms_on_treatment_is_a_regression_naming_treatment() {
+    let _one = ONE_LOAD_TEST_AT_A_TIME.lock().await;
+    let stack = Stack::start("control=0ms,treatment=5ms").await;
+    let (code, summary, out) = stack.run(&profile("header")).await;
+    let summary = summary.expect("summary.json written");
+    assert_eq!(summary["verdict"]["outcome"], "regression", "{summary:#}");
+    assert_eq!(code, 1);
+    let regressions = summary["verdict"]["regressions"].as_array().unwrap();
+    assert!(!regressions.is_empty());
+    assert!(regressions.iter().all(|r| r["variant"] == "treatment"));
+    assert!(regressions.iter().any(|r| r["measure"] == "p50"));
+    // The outputs a person reads are all there, goose's report broken down by variant.
+    for file in [
+        "summary.md",
+        "latency-target.svg",
+        "verdict.svg",
+        "report.html",
+    ] {
+        assert!(out.join(file).exists(), "{file} missing");
+    }
+    let report = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert!(report.contains("target:treatment") && report.contains("target:control"));
+    assert!(report.contains("assign:treatment") && report.contains("events:control"));
+    // The gateway took the events the users posted.
+    let events = &summary["events"];
+    assert!(events["accepted"].as_u64().unwrap() > 0, "{events}");
+    assert_eq!(events["rejected"], 0);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_a_a_run_is_not_a_regression() {
+    let _one = ONE_LOAD_TEST_AT_A_TIME.lock().await;
+    let stack = Stack::start("control=1ms,treatment=1ms").await;
+    let (code, summary, _) = stack.run(&profile("query")).await;
+    let summary = summary.expect("summary.json written");
+    assert_ne!(summary["verdict"]["outcome"], "regression", "{summary:#}");
+    assert_ne!(code, 1);
+    assert!(
+        summary["verdict"]["regressions"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    // Both variants were exercised through the query parameter and judged.
+    let target = &summary["endpoints"][1];
+    assert_eq!(target["endpoint"], "target");
+    for v in target["variants"].as_array().unwrap() {
+        assert!(v["requests"].as_u64().unwrap() > 100, "{v}");
+        assert_eq!(v["errors"], 0, "{v}");
+    }
+    assert_eq!(summary["comparisons"].as_array().unwrap().len(), 3);
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_variant_can_travel_in_the_path() {
+    let _one = ONE_LOAD_TEST_AT_A_TIME.lock().await;
+    let stack = Stack::start("control=0ms,treatment=5ms").await;
+    let mut short = profile("path").replace("duration_seconds = 4", "duration_seconds = 2");
+    short = short.replace("rate = 300", "rate = 200");
+    let (code, summary, _) = stack.run(&short).await;
+    let summary = summary.expect("summary.json written");
+    assert_eq!(summary["verdict"]["outcome"], "regression", "{summary:#}");
+    assert_eq!(code, 1);
+    stack.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_gateway_fails_fast_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    // Port 9 (discard) on loopback: nothing listens there.
+    std::fs::write(&path, profile("header")).unwrap();
+    let output = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_harness"))
+                .arg("run")
+                .arg(&path)
+                .arg("--out")
+                .arg(dir.path().join("out"))
+                .output()
+                .unwrap()
+        }),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("gateway not reachable"), "{stderr}");
+}
+
+#[test]
+fn a_bad_profile_names_the_field_and_exits_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, profile("header").replace("rate = 300", "rate = -3")).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_harness"))
+        .arg("run")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("load.rate"));
+}
