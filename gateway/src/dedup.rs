@@ -119,7 +119,7 @@ impl DedupWindow {
     pub fn admit<'a>(&self, valid: ValidBatch<'a>, now_ms: i64) -> FreshBatch<'a> {
         let mut fresh = Vec::with_capacity(valid.events.len());
         let mut inserted = Vec::with_capacity(valid.events.len());
-        {
+        let remembered = {
             let mut g = self.lock();
             g.advance(&self.config, now_ms);
             for event in &valid.events {
@@ -130,8 +130,9 @@ impl DedupWindow {
                 }
                 fresh.push(is_new);
             }
-        }
-        metrics::gauge!(crate::metrics::DEDUP_IDS).set(self.len() as f64);
+            g.current.len() + g.previous.len()
+        };
+        metrics::gauge!(crate::metrics::DEDUP_IDS).set(remembered as f64);
         FreshBatch {
             valid,
             fresh,
