@@ -272,3 +272,19 @@ pub async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
         .map_or(0.0, |v| v.trim().parse().unwrap())
 }
+
+/// POST assignment events with these ids (timestamped now); a 503 must carry `Retry-After`.
+pub async fn post_ids(client: &reqwest::Client, base: &str, ids: &[String]) -> (u16, Value) {
+    let events: Vec<Value> = ids.iter().map(|id| assignment(id, now_ms())).collect();
+    let r = client
+        .post(format!("{base}/v1/events"))
+        .json(&events)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    if status == 503 {
+        assert_eq!(r.headers()["retry-after"], "1", "a 503 says when to retry");
+    }
+    (status, r.json().await.unwrap())
+}

@@ -136,14 +136,7 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
     let client = reqwest::Client::new();
     let unanswered = std::mem::take(&mut ledger.lock().unwrap().unanswered);
     for ids in unanswered {
-        let events: Vec<Value> = ids.iter().map(|id| assignment(id, now_ms())).collect();
-        let r = client
-            .post(format!("{base}/v1/events"))
-            .json(&events)
-            .send()
-            .await
-            .unwrap();
-        assert!(r.status().is_success());
+        assert_eq!(post_ids(&client, &base, &ids).await.0, 200);
         ledger.lock().unwrap().acked.extend(ids);
     }
     stop_gracefully(child);

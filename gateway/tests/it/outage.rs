@@ -4,27 +4,10 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use crate::common::*;
 use crate::s3::{BUCKET, S3Server};
 
 const BUDGET: u64 = 1 << 20;
-
-async fn post(client: &reqwest::Client, base: &str, ids: &[String]) -> (u16, Value) {
-    let events: Vec<Value> = ids.iter().map(|id| assignment(id, now_ms())).collect();
-    let r = client
-        .post(format!("{base}/v1/events"))
-        .json(&events)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    if status == 503 {
-        assert_eq!(r.headers()["retry-after"], "1", "a 503 says when to retry");
-    }
-    (status, r.json().await.unwrap())
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storage_outage_is_absorbed_by_the_log_up_to_its_budget_then_drains() {
@@ -56,7 +39,7 @@ async fn a_storage_outage_is_absorbed_by_the_log_up_to_its_budget_then_drains() 
 
     for _ in 0..5 {
         let ids = batch();
-        assert_eq!(post(&client, &base, &ids).await.0, 200);
+        assert_eq!(post_ids(&client, &base, &ids).await.0, 200);
         acked.extend(ids);
     }
     s3.stop();
@@ -64,7 +47,7 @@ async fn a_storage_outage_is_absorbed_by_the_log_up_to_its_budget_then_drains() 
     let (mut accepted_during_outage, mut refused) = (0, 0);
     for _ in 0..2000 {
         let ids = batch();
-        let (status, body) = post(&client, &base, &ids).await;
+        let (status, body) = post_ids(&client, &base, &ids).await;
         match status {
             200 => {
                 accepted_during_outage += 1;
@@ -98,7 +81,7 @@ async fn a_storage_outage_is_absorbed_by_the_log_up_to_its_budget_then_drains() 
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let ids = batch();
-        if post(&client, &base, &ids).await.0 == 200 {
+        if post_ids(&client, &base, &ids).await.0 == 200 {
             acked.extend(ids);
             break;
         }
