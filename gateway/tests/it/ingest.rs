@@ -317,3 +317,35 @@ async fn a_restart_replays_the_log_and_keeps_the_dedup_window() {
     let stored = by_event_id(rows(data.path(), "assignments"));
     assert_eq!(stored.len(), 2);
 }
+
+#[tokio::test]
+async fn large_batches_decoded_off_the_async_workers_are_stored_whole() {
+    let gw = TestGateway::start().await;
+    let t = now_ms();
+    let mut events: Vec<Value> = (0..5000)
+        .map(|i| assignment(&format!("big-{i}"), t))
+        .collect();
+    events.push(json!({"event_id": "big-bad", "type": "assignment"}));
+    let body = serde_json::to_vec(&events).unwrap();
+    assert!(
+        body.len() > 512 << 10,
+        "{} bytes is not a large body",
+        body.len()
+    );
+    let (status, resp) = gw.post(body.clone(), "application/json", None).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(
+        (
+            resp["accepted"].as_u64(),
+            resp["rejected"][0]["index"].as_u64()
+        ),
+        (Some(5000), Some(5000))
+    );
+    // The same events again, gzipped: all duplicates.
+    let (status, resp) = gw.post(gzip(&body), "application/json", Some("gzip")).await;
+    assert_eq!(status, 200, "{resp}");
+    assert_eq!(resp["duplicates"], 5000);
+    let (data, _state) = gw.stop().await;
+    assert_eq!(by_event_id(rows(data.path(), "assignments")).len(), 5000);
+    assert_eq!(rows(data.path(), "rejected").len(), 2);
+}
