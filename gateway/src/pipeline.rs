@@ -41,7 +41,6 @@ pub struct Pipeline {
     wal_thread: std::thread::JoinHandle<()>,
     writer_thread: std::thread::JoinHandle<()>,
     uploader: tokio::task::JoinHandle<()>,
-    durable: Arc<AtomicU64>,
     _lock: fs::File,
 }
 
@@ -64,7 +63,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Pipeline> {
     let wal_dir = state_dir.join("wal");
     let segments = open_segments(&wal_dir)?;
     let dedup = Arc::new(DedupWindow::new(config.dedup));
-    let durable = Arc::new(AtomicU64::new(cut_state.durable));
     let wal_bytes = Arc::new(AtomicU64::new(segments.bytes));
 
     // Unbounded, but only the first HYDRATED_CUTS entries hold file bytes; the rest are a few
@@ -76,7 +74,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Pipeline> {
         cut_log: Arc::new(Mutex::new(cut_log)),
         wal_dir: wal_dir.clone(),
         wal_bytes: wal_bytes.clone(),
-        durable: durable.clone(),
         concurrency: config.upload.concurrency,
         dedup_window: config.dedup.window,
         flush: config.flush,
@@ -140,17 +137,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Pipeline> {
         wal_thread,
         writer_thread,
         uploader,
-        durable,
         _lock: lock,
     })
 }
 
 impl Pipeline {
-    /// Highest log sequence whose rows are all in object storage.
-    pub fn durable_seq(&self) -> u64 {
-        self.durable.load(Ordering::Acquire)
-    }
-
     /// Stop taking records, flush every buffered row into files and wait (up to `timeout`) for
     /// their upload. What does not make it stays in the log and is replayed at the next start.
     pub async fn shutdown(self, timeout: Duration) -> anyhow::Result<()> {
@@ -288,7 +279,6 @@ struct Uploader {
     cut_log: Arc<Mutex<CutLog>>,
     wal_dir: PathBuf,
     wal_bytes: Arc<AtomicU64>,
-    durable: Arc<AtomicU64>,
     concurrency: usize,
     dedup_window: Duration,
     flush: FlushPolicy,
@@ -337,7 +327,6 @@ async fn upload_loop(u: Uploader) {
             tracing::error!(seq, error = %e, "cannot journal finished cut; stopping uploads");
             return;
         }
-        u.durable.fetch_max(seq, Ordering::AcqRel);
         metrics::gauge!(crate::metrics::DURABLE_SEQ).set(seq as f64);
         let dir = u.wal_dir.clone();
         let keep = u.dedup_window * 2;

@@ -41,13 +41,6 @@ pub enum SinkError {
     },
 }
 
-impl SinkError {
-    /// Configuration errors are not worth retrying; store errors are.
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, SinkError::Store(_))
-    }
-}
-
 /// Retries inside one request (by `object_store`), before our own backoff loop takes over.
 fn client_retry() -> RetryConfig {
     RetryConfig {

@@ -9,7 +9,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// What the journal says after a restart.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -22,7 +22,6 @@ pub struct CutState {
 
 #[derive(Debug)]
 pub struct CutLog {
-    path: PathBuf,
     file: File,
 }
 
@@ -50,13 +49,7 @@ impl CutLog {
             File::open(dir)?.sync_all()?;
         }
         let file = OpenOptions::new().append(true).open(path)?;
-        Ok((
-            CutLog {
-                path: path.to_owned(),
-                file,
-            },
-            state,
-        ))
+        Ok((CutLog { file }, state))
     }
 
     pub fn begin(&mut self, seq: u64) -> io::Result<()> {
@@ -70,10 +63,6 @@ impl CutLog {
     fn append(&mut self, line: &str) -> io::Result<()> {
         self.file.write_all(line.as_bytes())?;
         self.file.sync_data()
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

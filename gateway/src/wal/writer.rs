@@ -40,13 +40,6 @@ pub enum AppendError {
     Closed,
 }
 
-impl AppendError {
-    /// Whether the same request may succeed later (the HTTP layer answers 503).
-    pub fn is_retryable(&self) -> bool {
-        true
-    }
-}
-
 struct Append {
     record: BatchRecord,
     rows: Vec<PartitionRows>,
