@@ -9,7 +9,7 @@
 use serde::Serialize;
 
 use crate::profile::{Endpoint, Profile};
-use crate::run::{EventCounts, NO_VARIANT, Record, RunData};
+use crate::run::{EventCounts, Record, RunData};
 use crate::stats::{self, ChiSquare, HolmStep, Obs, SortedReplicates};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -459,12 +459,7 @@ fn compare(profile: &Profile, data: &RunData, seed: u64) -> Vec<Comparison> {
         let obs: Vec<Obs> = data
             .records
             .iter()
-            .filter(|r| {
-                r.endpoint == endpoint
-                    && r.ok
-                    && r.variant != NO_VARIANT
-                    && in_window(r, data.window_us)
-            })
+            .filter(|r| r.is_measured(endpoint) && in_window(r, data.window_us))
             .map(|r| Obs {
                 group: r.variant as usize,
                 value: value_us(r),

@@ -11,7 +11,7 @@ use std::path::Path;
 use anyhow::Context;
 
 use crate::profile::{Endpoint, Profile};
-use crate::run::{NO_VARIANT, RunData};
+use crate::run::RunData;
 use crate::stats::quantile;
 use crate::verdict::{Decision, Summary};
 
@@ -59,12 +59,7 @@ fn latency_svg(profile: &Profile, data: &RunData, endpoint: Endpoint) -> String 
             let records: Vec<_> = data
                 .records
                 .iter()
-                .filter(|r| {
-                    r.endpoint == endpoint
-                        && r.ok
-                        && r.variant != NO_VARIANT
-                        && r.variant as usize == v
-                })
+                .filter(|r| r.is_measured(endpoint) && r.variant as usize == v)
                 .collect();
             let mut sorted: Vec<f64> = records
                 .iter()

@@ -39,6 +39,11 @@ impl Record {
     pub fn intended_latency_us(&self) -> u64 {
         self.latency_us + self.lag_us
     }
+
+    /// A successful request of `endpoint` made by a unit in a variant: what latency is judged on.
+    pub fn is_measured(&self, endpoint: Endpoint) -> bool {
+        self.endpoint == endpoint && self.ok && self.variant != NO_VARIANT
+    }
 }
 
 /// Counters for the events the users posted to the gateway.
