@@ -76,7 +76,12 @@ fn stages(c: &mut Criterion) {
             |d| {
                 let valid = validate::decode(&body, BodyFormat::JsonArray, 10_000).unwrap();
                 let fresh = d.admit(valid, 0);
-                batch::rows(&fresh, chrono::Utc::now().timestamp_micros(), BOUNDS)
+                batch::rows(
+                    &fresh,
+                    chrono::Utc::now().timestamp_micros(),
+                    BOUNDS,
+                    Some("bench"),
+                )
             },
             BatchSize::SmallInput,
         )
@@ -89,6 +94,7 @@ fn stages(c: &mut Criterion) {
         &d.admit(valid, 0),
         chrono::Utc::now().timestamp_micros(),
         BOUNDS,
+        Some("bench"),
     );
     g.throughput(Throughput::Elements((EVENTS * 100) as u64));
     g.bench_function("parquet_encode_zstd", |b| {
@@ -105,6 +111,7 @@ fn stages(c: &mut Criterion) {
                 w.add(LoggedBatch {
                     seq,
                     rows: rows.clone(),
+                    hold: None,
                 })
                 .unwrap();
             }

@@ -115,6 +115,8 @@ fn event_schema(own: Vec<Field>) -> SchemaRef {
     ];
     fields.extend(own);
     fields.push(Field::new("props", DataType::Utf8, true));
+    // Added after the first release: readers of older files see it as null.
+    fields.push(Field::new("source", DataType::Utf8, true));
     Arc::new(Schema::new(fields))
 }
 
@@ -142,6 +144,7 @@ static REJECTED: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("code", DataType::Utf8, false),
         Field::new("message", DataType::Utf8, false),
         Field::new("raw", DataType::Utf8, false),
+        Field::new("source", DataType::Utf8, true),
     ]))
 });
 
@@ -157,6 +160,7 @@ struct EventColumns {
     experiment: StringBuilder,
     variant: StringBuilder,
     props: StringBuilder,
+    source: StringBuilder,
 }
 
 impl EventColumns {
@@ -173,10 +177,18 @@ impl EventColumns {
             experiment: StringBuilder::with_capacity(rows, rows * 16),
             variant: StringBuilder::with_capacity(rows, rows * 8),
             props: StringBuilder::new(),
+            source: StringBuilder::new(),
         }
     }
 
-    fn append(&mut self, e: &ValidEvent<'_>, received_micros: i64, out_of_bounds: bool) {
+    fn append(
+        &mut self,
+        e: &ValidEvent<'_>,
+        received_micros: i64,
+        out_of_bounds: bool,
+        source: Option<&str>,
+    ) {
+        self.source.append_option(source);
         self.event_id.append_value(&e.event_id);
         self.ts.append_value(e.ts_micros);
         self.received_at.append_value(received_micros);
@@ -206,17 +218,20 @@ impl EventColumns {
         columns.push(Arc::new(self.experiment.finish()));
         columns.push(Arc::new(self.variant.finish()));
         columns.push(Arc::new(self.props.finish()));
+        columns.push(Arc::new(self.source.finish()));
         RecordBatch::try_new(table.schema(), columns).expect("columns follow the table schema")
     }
 }
 
-/// Turn the fresh events and the rejections of one request into rows per partition.
+/// Turn the fresh events and the rejections of one request into rows per partition; `source`
+/// names the write key that sent them.
 ///
 /// Typical requests touch one or two partitions, so the groups are a short list, not a map.
 pub fn rows(
     fresh: &FreshBatch<'_>,
     received_micros: i64,
     bounds: PartitionBounds,
+    source: Option<&str>,
 ) -> Vec<PartitionRows> {
     let mut groups: Vec<(PartitionKey, EventColumns)> = Vec::new();
     let n = fresh.accepted().max(1);
@@ -240,7 +255,7 @@ pub fn rows(
                 &mut groups.last_mut().expect("just pushed").1
             }
         };
-        columns.append(event, received_micros, out_of_bounds);
+        columns.append(event, received_micros, out_of_bounds, source);
     }
     let mut out: Vec<PartitionRows> = groups
         .into_iter()
@@ -250,12 +265,16 @@ pub fn rows(
         })
         .collect();
     if !fresh.valid.rejected.is_empty() {
-        out.push(rejected_rows(fresh, received_micros));
+        out.push(rejected_rows(fresh, received_micros, source));
     }
     out
 }
 
-fn rejected_rows(fresh: &FreshBatch<'_>, received_micros: i64) -> PartitionRows {
+fn rejected_rows(
+    fresh: &FreshBatch<'_>,
+    received_micros: i64,
+    source: Option<&str>,
+) -> PartitionRows {
     let rejected = &fresh.valid.rejected;
     let n = rejected.len();
     let mut received_at = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
@@ -264,7 +283,9 @@ fn rejected_rows(fresh: &FreshBatch<'_>, received_micros: i64) -> PartitionRows 
     let mut code = StringBuilder::new();
     let mut message = StringBuilder::new();
     let mut raw = StringBuilder::new();
+    let mut sources = StringBuilder::new();
     for r in rejected {
+        sources.append_option(source);
         received_at.append_value(received_micros);
         index.append_value(r.index);
         event_id.append_option(r.event_id.as_deref());
@@ -279,6 +300,7 @@ fn rejected_rows(fresh: &FreshBatch<'_>, received_micros: i64) -> PartitionRows 
         Arc::new(code.finish()),
         Arc::new(message.finish()),
         Arc::new(raw.finish()),
+        Arc::new(sources.finish()),
     ];
     PartitionRows {
         key: PartitionKey {
@@ -311,7 +333,12 @@ mod tests {
             window: Duration::from_secs(60),
             max_ids: 100,
         });
-        rows(&dedup.admit(valid, received / 1000), received, BOUNDS)
+        rows(
+            &dedup.admit(valid, received / 1000),
+            received,
+            BOUNDS,
+            Some("web"),
+        )
     }
 
     #[test]
@@ -336,6 +363,14 @@ mod tests {
         );
         let conv = &out[2].batch;
         assert_eq!(conv.schema(), Table::Conversions.schema());
+        for part in &out {
+            let source = part
+                .batch
+                .column_by_name("source")
+                .unwrap()
+                .as_string::<i32>();
+            assert!(source.iter().all(|s| s == Some("web")), "{:?}", part.key);
+        }
         assert_eq!(
             conv.column_by_name("props")
                 .unwrap()

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::{RateLimit, WriteKey};
 use crate::batch::PartitionBounds;
+use crate::budget::MemoryPlan;
 use crate::dedup::DedupConfig;
 use crate::writer::FlushPolicy;
 
@@ -36,6 +38,9 @@ pub struct Flags {
     /// Experiments file (JSON or TOML); default: the example file built into the binary.
     #[arg(long)]
     pub experiments: Option<PathBuf>,
+    /// Serve `/metrics`, `/admin/*`, `/healthz` and `/readyz` here instead of on `--listen`.
+    #[arg(long)]
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// The config file, as written. Every field is optional; see [`Config`] for meanings.
@@ -43,6 +48,7 @@ pub struct Flags {
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
     pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
     pub storage: Option<String>,
     /// Extra settings for the object store builder (e.g. `aws_endpoint`, `aws_allow_http`).
     #[serde(default)]
@@ -64,11 +70,46 @@ pub struct RawConfig {
     pub wal: RawWal,
     #[serde(default)]
     pub upload: RawUpload,
+    #[serde(default)]
+    pub http: RawHttp,
+    #[serde(default)]
+    pub auth: RawAuth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default)]
+    pub write_keys: Vec<RawWriteKey>,
+    pub admin_token_sha256: Option<String>,
+    /// Default rate limit of keys that set none.
+    pub events_per_sec: Option<u32>,
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWriteKey {
+    pub source: String,
+    pub sha256: String,
+    pub events_per_sec: Option<u32>,
+    pub burst: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    pub header_read_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub body_timeout_secs: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_header_bytes: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
+    pub memory_budget_bytes: Option<usize>,
     pub max_body_bytes: Option<usize>,
     pub max_decompressed_bytes: Option<usize>,
     pub max_events: Option<usize>,
@@ -126,12 +167,43 @@ pub enum AckMode {
 /// Request size limits of `POST /v1/events`.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Memory for everything the process holds: see [`crate::budget`]. Default 512 MiB. Requests
+    /// that would take more get 503 `overloaded`.
+    pub memory_budget_bytes: usize,
     /// Body as sent (compressed or not). Default 5 MiB.
     pub max_body_bytes: usize,
     /// Body after decompression. Default 20 MiB; bounds zip bombs.
     pub max_decompressed_bytes: usize,
     /// Events in one request. Default 10,000.
     pub max_events: usize,
+}
+
+/// Access control: see [`crate::auth`].
+#[derive(Debug, Clone, Default)]
+pub struct AuthConfig {
+    /// Keys allowed to write, as SHA-256 hashes. None: the gateway binds loopback only and
+    /// anyone who can reach it may write.
+    pub write_keys: Vec<WriteKey>,
+    /// SHA-256 of the token `/admin/*` requires. None: admin routes are served only where no
+    /// write key is required (a loopback gateway) or on a loopback `admin_listen`.
+    pub admin_token_sha256: Option<String>,
+}
+
+/// Connection limits and timeouts of the HTTP server.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpConfig {
+    /// From the first byte of a request head to its end. Default 10 s; cuts slow-loris heads.
+    pub header_read_timeout: Duration,
+    /// A connection with no request in progress and no bytes moving is closed after this (also
+    /// one that never sends its first byte). Default 60 s.
+    pub idle_timeout: Duration,
+    /// From the request head to the last byte of its body. Default 30 s: 5 MiB at 1.4 Mbit/s.
+    pub body_timeout: Duration,
+    /// Connections open at once; past it the gateway stops accepting until one closes (new ones
+    /// wait in the kernel's backlog). Default 1024.
+    pub max_connections: usize,
+    /// Largest request head (request line and headers); larger gets 431. Default 16 KiB.
+    pub max_header_bytes: usize,
 }
 
 /// Write-ahead log settings.
@@ -159,8 +231,11 @@ pub struct UploadConfig {
 /// Validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Default 127.0.0.1:8080.
+    /// Default 127.0.0.1:8080. Must be loopback unless write keys are configured.
     pub listen: SocketAddr,
+    /// Where `/metrics`, `/admin/*` and the health routes are served; `None`: on `listen`.
+    pub admin_listen: Option<SocketAddr>,
+    pub auth: AuthConfig,
     /// Default `./data`.
     pub storage: String,
     /// Settings passed to the object store builder, over the environment's (`AWS_*` and so on):
@@ -182,6 +257,9 @@ pub struct Config {
     pub partition: PartitionBounds,
     pub wal: WalConfig,
     pub upload: UploadConfig,
+    pub http: HttpConfig,
+    /// How the memory budget is split (derived from the settings above).
+    pub memory: MemoryPlan,
     /// How long shutdown waits for the last uploads before leaving them to the log. Default 30 s.
     pub shutdown_timeout: Duration,
     /// Default `durable`.
@@ -205,6 +283,124 @@ pub enum ConfigError {
 }
 
 const MICROS_PER_HOUR: i64 = 3_600_000_000;
+/// Default `dedup.max_ids`: two generations of 1,835,008 ids, each exactly 7/8 of a 2^21-bucket
+/// table (34 MiB), so no memory is lost to the power-of-two rounding.
+pub const DEFAULT_MAX_IDS: usize = 3_670_016;
+/// hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+const MIN_HEADER_BYTES: usize = 8 << 10;
+const MAX_HEADER_BYTES: usize = 1 << 20;
+
+fn auth_config(raw: RawAuth, limits: &Limits) -> Result<AuthConfig, ConfigError> {
+    let invalid = |field: &'static str, reason: String| ConfigError::Invalid { field, reason };
+    let rate = |field: &'static str,
+                per_sec: Option<u32>,
+                burst: Option<u32>|
+     -> Result<Option<RateLimit>, ConfigError> {
+        let Some(per_sec) = per_sec else {
+            return match burst {
+                Some(_) => Err(invalid(field, "burst is set without events_per_sec".into())),
+                None => Ok(None),
+            };
+        };
+        let per_sec = std::num::NonZeroU32::new(per_sec)
+            .ok_or_else(|| invalid(field, "events_per_sec must be greater than 0".into()))?;
+        let max_events = limits.max_events.min(u32::MAX as usize) as u32;
+        let burst = burst.unwrap_or(per_sec.get().max(max_events));
+        if (burst as usize) < limits.max_events {
+            return Err(invalid(
+                field,
+                format!(
+                    "burst {burst} is below limits.max_events ({}): a full batch could never pass",
+                    limits.max_events
+                ),
+            ));
+        }
+        Ok(Some(RateLimit {
+            events_per_sec: per_sec,
+            burst: std::num::NonZeroU32::new(burst).expect("burst >= max_events > 0"),
+        }))
+    };
+    let default_rate = rate("auth.events_per_sec", raw.events_per_sec, raw.burst)?;
+    let mut write_keys = Vec::with_capacity(raw.write_keys.len());
+    for k in raw.write_keys {
+        let valid_source = !k.source.is_empty()
+            && k.source.len() <= 64
+            && k.source
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if !valid_source {
+            return Err(invalid(
+                "auth.write_keys.source",
+                format!("{:?}: 1-64 characters of A-Z a-z 0-9 . _ -", k.source),
+            ));
+        }
+        let rate_limit = match rate("auth.write_keys.events_per_sec", k.events_per_sec, k.burst)? {
+            Some(r) => Some(r),
+            None => default_rate,
+        };
+        write_keys.push(WriteKey {
+            sha256: sha256_hex("auth.write_keys.sha256", &k.sha256)?,
+            source: k.source.into(),
+            rate_limit,
+        });
+    }
+    let admin_token_sha256 = raw
+        .admin_token_sha256
+        .as_deref()
+        .map(|h| sha256_hex("auth.admin_token_sha256", h))
+        .transpose()?;
+    Ok(AuthConfig {
+        write_keys,
+        admin_token_sha256,
+    })
+}
+
+/// A SHA-256 in hex (`printf %s KEY | sha256sum`), normalised to lowercase.
+fn sha256_hex(field: &'static str, hex: &str) -> Result<String, ConfigError> {
+    let hex = hex.trim().to_ascii_lowercase();
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hex)
+    } else {
+        Err(ConfigError::Invalid {
+            field,
+            reason: "must be the 64 hex digits of a SHA-256 (printf %s KEY | sha256sum)".into(),
+        })
+    }
+}
+
+/// Split the memory budget; the fixed parts must leave room for the largest request.
+fn memory_plan(
+    limits: &Limits,
+    dedup: &DedupConfig,
+    flush: &FlushPolicy,
+    http: &HttpConfig,
+) -> Result<MemoryPlan, ConfigError> {
+    let group = crate::wal::MAX_GROUP_BYTES + limits.max_body_bytes;
+    let plan = MemoryPlan::new(
+        limits.memory_budget_bytes,
+        dedup.memory_bytes(),
+        flush.max_bytes,
+        group,
+        http.max_connections,
+        http.max_header_bytes,
+    );
+    // The largest request: its body as sent, decompressed, decoded and as rows.
+    let largest = limits.max_body_bytes + 3 * limits.max_decompressed_bytes;
+    match plan {
+        Some(plan) if plan.requests_bytes >= largest => Ok(plan),
+        _ => Err(ConfigError::Invalid {
+            field: "limits.memory_budget_bytes",
+            reason: format!(
+                "{} bytes cannot hold the fixed parts (dedup window {} for dedup.max_ids, \
+                 Parquet files 4 x flush.max_bytes, {} connections) and one request of \
+                 limits.max_decompressed_bytes ({largest} in flight); raise it or lower those",
+                limits.memory_budget_bytes,
+                dedup.memory_bytes(),
+                http.max_connections,
+            ),
+        }),
+    }
+}
 
 impl Config {
     /// Flags, then the file they name (if any), then defaults.
@@ -215,6 +411,7 @@ impl Config {
         };
         let raw = RawConfig {
             listen: flags.listen.or(raw.listen),
+            admin_listen: flags.admin_listen.or(raw.admin_listen),
             storage: flags.storage.or(raw.storage),
             state_dir: flags.state_dir.or(raw.state_dir),
             experiments: flags.experiments.or(raw.experiments),
@@ -267,6 +464,10 @@ fn positive<T: PartialOrd + Default + std::fmt::Display>(
 impl RawConfig {
     pub fn validate(self) -> Result<Config, ConfigError> {
         let limits = Limits {
+            memory_budget_bytes: positive(
+                "limits.memory_budget_bytes",
+                self.limits.memory_budget_bytes.unwrap_or(512 << 20),
+            )?,
             max_body_bytes: positive(
                 "limits.max_body_bytes",
                 self.limits.max_body_bytes.unwrap_or(5 << 20),
@@ -285,11 +486,14 @@ impl RawConfig {
                 "dedup.window_secs",
                 self.dedup.window_secs.unwrap_or(600),
             )?),
-            max_ids: positive("dedup.max_ids", self.dedup.max_ids.unwrap_or(20_000_000))?,
+            max_ids: positive(
+                "dedup.max_ids",
+                self.dedup.max_ids.unwrap_or(DEFAULT_MAX_IDS),
+            )?,
         };
         let flush = FlushPolicy {
             max_rows: positive("flush.max_rows", self.flush.max_rows.unwrap_or(1_000_000))?,
-            max_bytes: positive("flush.max_bytes", self.flush.max_bytes.unwrap_or(64 << 20))?,
+            max_bytes: positive("flush.max_bytes", self.flush.max_bytes.unwrap_or(32 << 20))?,
             max_age: Duration::from_secs(positive(
                 "flush.max_age_secs",
                 self.flush.max_age_secs.unwrap_or(60),
@@ -328,10 +532,61 @@ impl RawConfig {
                 reason: "must be at least limits.max_body_bytes".into(),
             });
         }
+        let secs = |field: &'static str, v: Option<u64>, default: u64| {
+            positive(field, v.unwrap_or(default)).map(Duration::from_secs)
+        };
+        let http = HttpConfig {
+            header_read_timeout: secs(
+                "http.header_read_timeout_secs",
+                self.http.header_read_timeout_secs,
+                10,
+            )?,
+            idle_timeout: secs("http.idle_timeout_secs", self.http.idle_timeout_secs, 60)?,
+            body_timeout: secs("http.body_timeout_secs", self.http.body_timeout_secs, 30)?,
+            max_connections: positive(
+                "http.max_connections",
+                self.http.max_connections.unwrap_or(1024),
+            )?,
+            max_header_bytes: self.http.max_header_bytes.unwrap_or(16 << 10),
+        };
+        if !(MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&http.max_header_bytes) {
+            return Err(ConfigError::Invalid {
+                field: "http.max_header_bytes",
+                reason: format!(
+                    "must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}, got {}",
+                    http.max_header_bytes
+                ),
+            });
+        }
+        let memory = memory_plan(&limits, &dedup, &flush, &http)?;
+        let auth = auth_config(self.auth, &limits)?;
+        let listen = self
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+        if auth.write_keys.is_empty() && !listen.ip().is_loopback() {
+            return Err(ConfigError::Invalid {
+                field: "listen",
+                reason: format!(
+                    "{listen} is not a loopback address and no [[auth.write_keys]] are \
+                     configured: without keys the gateway only serves this machine"
+                ),
+            });
+        }
+        if let Some(admin) = self.admin_listen
+            && auth.admin_token_sha256.is_none()
+            && !admin.ip().is_loopback()
+        {
+            return Err(ConfigError::Invalid {
+                field: "admin_listen",
+                reason: format!(
+                    "{admin} is not a loopback address and auth.admin_token_sha256 is not set"
+                ),
+            });
+        }
         Ok(Config {
-            listen: self
-                .listen
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+            listen,
+            admin_listen: self.admin_listen,
+            auth,
             storage: self.storage.unwrap_or_else(|| "./data".into()),
             storage_options: self.storage_options.into_iter().collect(),
             state_dir: self.state_dir.unwrap_or_else(|| "./state".into()),
@@ -346,6 +601,8 @@ impl RawConfig {
             partition,
             wal,
             upload,
+            http,
+            memory,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs.unwrap_or(30)),
             ack: self.ack.unwrap_or(AckMode::Durable),
         })

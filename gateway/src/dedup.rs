@@ -8,10 +8,12 @@
 //! and at most twice that.
 //!
 //! Invariants:
-//! - Memory is bounded whatever clients send: when the newer generation holds `max_ids / 2` ids it
-//!   is rotated early, so the window shrinks under a flood instead of memory growing. Each id costs
-//!   about 18 bytes in a full table (16-byte key + control byte, 7/8 load), up to twice that right
-//!   after a table grows: about 20-40 MB per million ids.
+//! - Memory is fixed whatever clients send: both generations are allocated at start for
+//!   `max_ids / 2` ids each and never grow; when the newer one is full it is rotated early, so the
+//!   window shrinks under a flood instead of memory growing. [`DedupConfig::memory_bytes`] is the
+//!   size of both tables (a test measures it with a counting allocator): 16-byte keys plus a
+//!   control byte per bucket, buckets a power of two at most 7/8 full, so about 19.4 bytes per id
+//!   when `max_ids / 2` is just under 7/8 of a power of two (as the default is).
 //! - An id is inserted only when its event is accepted; if the batch then fails to be logged, the
 //!   caller calls [`DedupWindow::forget`] so that the client's retry is not counted as a duplicate.
 //! - One lock acquisition per batch, not per event.
@@ -85,7 +87,31 @@ pub struct DedupConfig {
     pub max_ids: usize,
 }
 
-#[derive(Default)]
+impl DedupConfig {
+    /// Ids one generation holds.
+    fn generation_ids(&self) -> usize {
+        (self.max_ids / 2).max(1)
+    }
+
+    /// Bytes the two generations allocate at start (and never more).
+    pub fn memory_bytes(&self) -> usize {
+        2 * table_bytes(self.generation_ids())
+    }
+}
+
+/// Allocation of a std `HashSet<u128>` made `with_capacity(ids)`: a power-of-two number of
+/// buckets at most 7/8 full, each a 16-byte key and a control byte, plus one group of control
+/// bytes. (Checked against a counting allocator in `tests/dedup_memory.rs`.)
+pub fn table_bytes(ids: usize) -> usize {
+    const GROUP: usize = 16;
+    let buckets = if ids < 8 {
+        if ids < 4 { 4 } else { 8 }
+    } else {
+        (ids * 8 / 7).next_power_of_two()
+    };
+    buckets * (std::mem::size_of::<EventKey>() + 1) + GROUP
+}
+
 struct Generations {
     current: KeySet,
     previous: KeySet,
@@ -107,10 +133,16 @@ impl std::fmt::Debug for DedupWindow {
 }
 
 impl DedupWindow {
+    /// Allocates both generations at once: [`DedupConfig::memory_bytes`].
     pub fn new(config: DedupConfig) -> Self {
+        let ids = config.generation_ids();
         Self {
             config,
-            inner: Mutex::new(Generations::default()),
+            inner: Mutex::new(Generations {
+                current: KeySet::with_capacity_and_hasher(ids, Default::default()),
+                previous: KeySet::with_capacity_and_hasher(ids, Default::default()),
+                started_ms: 0,
+            }),
         }
     }
 
@@ -124,6 +156,7 @@ impl DedupWindow {
             g.advance(&self.config, now_ms);
             for event in &valid.events {
                 let key = event_key(&event.event_id);
+                g.make_room(&self.config, now_ms);
                 let is_new = !g.previous.contains(&key) && g.current.insert(key);
                 if is_new {
                     inserted.push(key);
@@ -161,6 +194,7 @@ impl DedupWindow {
         let mut g = self.lock();
         g.advance(&self.config, now_ms);
         for key in keys {
+            g.make_room(&self.config, now_ms);
             if !g.previous.contains(&key) {
                 g.current.insert(key);
             }
@@ -193,7 +227,12 @@ impl Generations {
             self.started_ms = now_ms;
         } else if age >= window_ms {
             self.rotate(now_ms);
-        } else if self.current.len() >= config.max_ids / 2 {
+        }
+    }
+
+    /// Rotate early when the newer generation is full, so the tables never grow.
+    fn make_room(&mut self, config: &DedupConfig, now_ms: i64) {
+        if self.current.len() >= config.generation_ids() {
             metrics::counter!(crate::metrics::DEDUP_EARLY_ROTATIONS).increment(1);
             self.rotate(now_ms);
         }

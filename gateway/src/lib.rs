@@ -3,7 +3,10 @@
 //!
 //! Modules, in the order an event flows through them:
 //! - [`config`]: flags + TOML file -> validated `Config`
-//! - [`http`]: hyper server, routes, error mapping (the only module that names hyper)
+//! - [`start`]: start-up checks before binding; config errors vs runtime errors
+//! - [`http`]: hyper server, connection limits, routes, error mapping (the only module that
+//!   names hyper)
+//! - [`auth`]: write keys, admin token, per-key rate limits
 //! - [`validate`]: request body -> `ValidBatch` of borrowed events and rejections
 //! - [`dedup`]: `ValidBatch` -> `FreshBatch`; bounded window of recent event ids
 //! - [`batch`]: `FreshBatch` -> Arrow rows per table and hourly partition
@@ -13,19 +16,26 @@
 //! - [`pipeline`]: wires wal -> writer -> sink; recovery at start, flush at shutdown
 //! - [`metrics`]: metric names and the Prometheus recorder
 //!
+//! Beside the flow: [`budget`] (the process memory budget every stage draws from) and
+//! [`health`] (what each stage reports, read by `/readyz`).
+//!
 //! Assignment, beside the event flow:
 //! - [`assign`]: experiments file, GrowthBook-compatible hashing, conditions, evaluation (pure)
 //! - [`reload`]: the current experiments, swapped atomically on file change, SIGHUP or request
 
 pub mod assign;
+pub mod auth;
 pub mod batch;
+pub mod budget;
 pub mod config;
 pub mod dedup;
+pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod pipeline;
 pub mod reload;
 pub mod sink;
+pub mod start;
 pub mod validate;
 pub mod wal;
 pub mod writer;

@@ -1,7 +1,12 @@
-//! `gateway [--config FILE] [--listen ADDR] [--storage URL] [--state-dir DIR] [--experiments FILE]`
+//! `gateway [--config FILE] [--listen ADDR] [--admin-listen ADDR] [--storage URL]
+//! [--state-dir DIR] [--experiments FILE]`
+//!
+//! Exit codes: 0 after a clean stop, 1 on a runtime failure, 2 on a configuration error.
 
 use clap::Parser;
 use gateway::config::{Config, Flags};
+use gateway::http::Bound;
+use gateway::start::{StartError, prepare};
 
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
@@ -20,22 +25,32 @@ fn main() -> std::process::ExitCode {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        // Large bodies decode on the blocking pool; a bounded pool bounds their threads' memory.
+        .max_blocking_threads(64)
         .build()
         .expect("tokio runtime");
     match runtime.block_on(run(config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            eprintln!("gateway: {e:#}");
             tracing::error!("gateway failed: {e:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(e.exit_code())
         }
     }
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+async fn run(config: Config) -> Result<(), StartError> {
+    // Everything that can be checked locally is checked before the first log line.
+    let bound = Bound::bind(prepare(config).await?).await?;
     // The first log line: tests and the harness read the port from it.
-    tracing::info!("listening on {}", listener.local_addr()?);
-    gateway::serve(listener, config, shutdown_signal()).await
+    tracing::info!("listening on {}", bound.addr());
+    if let Some(admin) = bound.admin_addr() {
+        tracing::info!("admin routes on {admin}");
+    }
+    bound
+        .serve(shutdown_signal())
+        .await
+        .map_err(StartError::Runtime)
 }
 
 async fn shutdown_signal() {

@@ -26,6 +26,14 @@ pub const UPLOADED_ROWS: &str = "gateway_uploaded_rows_total";
 pub const UPLOAD_ERRORS: &str = "gateway_upload_errors_total";
 pub const ASSIGNMENTS: &str = "gateway_assignments_total";
 pub const CONFIG_RELOADS: &str = "gateway_experiments_reloads_total";
+pub const STAGE_UP: &str = "gateway_stage_up";
+pub const HTTP_TIMEOUTS: &str = "gateway_http_timeouts_total";
+pub const HTTP_CONNECTIONS: &str = "gateway_http_connections";
+pub const BUDGET_REFUSALS: &str = "gateway_memory_refusals_total";
+pub const MEMORY_RESERVED: &str = "gateway_memory_reserved_bytes";
+pub const AUTH_FAILURES: &str = "gateway_auth_failures_total";
+pub const RATE_LIMITED: &str = "gateway_rate_limited_total";
+pub const STORAGE_ERRORS: &str = "gateway_storage_errors_total";
 
 /// Install the global Prometheus recorder (once per process) and describe every metric.
 pub fn install() -> PrometheusHandle {
@@ -83,4 +91,31 @@ fn describe() {
     describe_counter!(UPLOAD_ERRORS, "Failed upload attempts (each is retried).");
     describe_counter!(ASSIGNMENTS, "Assignments evaluated, by reason.");
     describe_counter!(CONFIG_RELOADS, "Experiments file reloads, by outcome.");
+    describe_gauge!(
+        STAGE_UP,
+        "1 while a pipeline stage runs, 0 once it stopped on an error (see /readyz)."
+    );
+    describe_counter!(
+        HTTP_TIMEOUTS,
+        "Connections closed or requests answered 408 for stalling, by kind (idle, header, body)."
+    );
+    describe_gauge!(HTTP_CONNECTIONS, "Open HTTP connections.");
+    describe_counter!(
+        BUDGET_REFUSALS,
+        "Reservations refused by the memory budget (answered 503 overloaded)."
+    );
+    describe_gauge!(
+        MEMORY_RESERVED,
+        Unit::Bytes,
+        "Bytes reserved by requests in flight against the memory budget."
+    );
+    describe_counter!(AUTH_FAILURES, "Requests refused 401 or 403, by route.");
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests refused 429 by a write key's rate limit."
+    );
+    describe_counter!(
+        STORAGE_ERRORS,
+        "Storage errors, by class (transient: retried; permanent: uploads stopped)."
+    );
 }

@@ -22,10 +22,10 @@ use futures::StreamExt;
 use crate::batch::{self, PartitionBounds};
 use crate::config::Config;
 use crate::dedup::{DedupWindow, EventKey, FreshBatch, event_key};
-use crate::sink::{Backoff, Sink, open_store};
+use crate::health::{Health, Stage, StageGuard};
+use crate::sink::{Backoff, Sink};
 use crate::validate;
 use crate::wal::cuts::CutLog;
-use crate::wal::record::{ENCODING_GZIP, ENCODING_IDENTITY, ENCODING_ZSTD};
 use crate::wal::{BatchRecord, LoggedBatch, WalHandle, WalWriter, list_segments, open_segments};
 use crate::writer::{Cut, FileWriter, FlushPolicy, HYDRATED_CUTS, SealedFile};
 
@@ -38,26 +38,45 @@ pub struct Pipeline {
     pub wal: WalHandle,
     pub dedup: Arc<DedupWindow>,
     pub bounds: PartitionBounds,
+    pub health: Arc<Health>,
     wal_thread: std::thread::JoinHandle<()>,
     writer_thread: std::thread::JoinHandle<()>,
     uploader: tokio::task::JoinHandle<()>,
+    prober: tokio::task::JoinHandle<()>,
     _lock: fs::File,
 }
 
-/// Recover, then start every stage. Must be called inside a Tokio runtime.
-pub async fn start(config: &Config) -> anyhow::Result<Pipeline> {
+/// How often storage is probed (besides every upload) for `/readyz`.
+const PROBE_EVERY: Duration = Duration::from_secs(10);
+
+/// Recover, then start every stage. Must be called inside a Tokio runtime. `store` is the
+/// opened (not yet contacted) object store and its prefix.
+pub async fn start(
+    config: &Config,
+    store: (Arc<dyn object_store::ObjectStore>, object_store::path::Path),
+    health: Arc<Health>,
+) -> anyhow::Result<Pipeline> {
     let state_dir = &config.state_dir;
     fs::create_dir_all(state_dir)
         .with_context(|| format!("creating state dir {}", state_dir.display()))?;
     let lock = lock_state_dir(state_dir)?;
     let node_id = node_id(state_dir)?;
-    let (store, prefix) = open_store(&config.storage, &config.storage_options)?;
-    let sink = Sink::new(store, prefix, node_id)
+    let sink = Sink::new(store.0, store.1, node_id)
         .with_backoff(Backoff {
             initial: Duration::from_millis(100),
             max: config.upload.retry_max_backoff,
         })
         .with_multipart(config.upload.multipart_threshold_bytes, 8 << 20);
+    // Storage being down is no reason not to start: the log absorbs traffic; /readyz tells.
+    let prober = tokio::spawn({
+        let (sink, health) = (sink.clone(), health.clone());
+        async move {
+            loop {
+                let _ = sink.probe(&health).await;
+                tokio::time::sleep(PROBE_EVERY).await;
+            }
+        }
+    });
 
     let (cut_log, cut_state) = CutLog::open(&state_dir.join("cuts.log"))?;
     let wal_dir = state_dir.join("wal");
@@ -69,6 +88,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Pipeline> {
     // numbers each, and their count is bounded by the log's disk budget.
     let (cut_tx, cut_rx) = flume::unbounded::<Cut>();
     let uploader = tokio::spawn(upload_loop(Uploader {
+        health: health.clone(),
         rx: cut_rx,
         sink,
         cut_log: Arc::new(Mutex::new(cut_log)),
@@ -98,7 +118,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Pipeline> {
         let (rows, keys) = record_rows(&record, config.limits.max_decompressed_bytes)
             .with_context(|| format!("replaying log record {seq}"))?;
         dedup.remember(keys, record.received_micros / 1000, now_ms);
-        writer.add(LoggedBatch { seq, rows })?;
+        writer.add(LoggedBatch {
+            seq,
+            rows,
+            hold: None,
+        })?;
         replayed += 1;
         while pending.next_if(|&p| p <= seq).is_some() {
             if let Some(cut) = writer.cut()? {
@@ -121,19 +145,30 @@ pub async fn start(config: &Config) -> anyhow::Result<Pipeline> {
     let (logged_tx, logged_rx) = flume::bounded::<LoggedBatch>(LOGGED_QUEUE);
     let writer_thread = std::thread::Builder::new()
         .name("file-writer".into())
-        .spawn(move || writer.run(logged_rx, cut_tx))?;
+        .spawn({
+            let health = health.clone();
+            move || {
+                let guard = StageGuard::new(&health, Stage::FileWriter);
+                match writer.run(logged_rx, cut_tx) {
+                    Ok(()) => guard.finish(),
+                    Err(e) => guard.fail(format!("{e}; rows stay in the write-ahead log")),
+                }
+            }
+        })?;
     let (wal, wal_thread) = WalWriter {
         dir: wal_dir,
         segment_bytes: config.wal.segment_bytes,
         budget_bytes: config.wal.disk_budget_bytes,
         queue_len: config.wal.queue_len,
     }
-    .spawn(&segments, wal_bytes, logged_tx)?;
+    .spawn(&segments, wal_bytes, logged_tx, health.clone())?;
 
     Ok(Pipeline {
         wal,
         dedup,
         bounds: config.partition,
+        health,
+        prober,
         wal_thread,
         writer_thread,
         uploader,
@@ -150,8 +185,12 @@ impl Pipeline {
             wal_thread,
             writer_thread,
             uploader,
+            prober,
+            health,
             ..
         } = self;
+        health.shutting_down();
+        prober.abort();
         wal.close().await;
         drop(wal);
         let joined = tokio::task::spawn_blocking(move || {
@@ -184,7 +223,7 @@ fn record_rows(
     record: &BatchRecord,
     max_decompressed: usize,
 ) -> anyhow::Result<(Vec<batch::PartitionRows>, Vec<EventKey>)> {
-    let body = decompress(record.encoding, &record.body, max_decompressed)?;
+    let body = validate::codec::decompress(record.encoding, &record.body, max_decompressed)?;
     let valid = validate::decode(&body, record.format, usize::MAX)
         .map_err(|e| anyhow::anyhow!("logged body no longer decodes: {e}"))?;
     anyhow::ensure!(
@@ -202,7 +241,12 @@ fn record_rows(
         .collect();
     let fresh = FreshBatch::with_fresh(valid, record.fresh.clone());
     Ok((
-        batch::rows(&fresh, record.received_micros, record.bounds),
+        batch::rows(
+            &fresh,
+            record.received_micros,
+            record.bounds,
+            record.source.as_deref(),
+        ),
         keys,
     ))
 }
@@ -223,7 +267,11 @@ fn rehydrate(
             Ok(r) if r.seq <= seq => {
                 let (rows, _) = record_rows(&r, max_decompressed)?;
                 last = r.seq;
-                writer.add(LoggedBatch { seq: r.seq, rows })?;
+                writer.add(LoggedBatch {
+                    seq: r.seq,
+                    rows,
+                    hold: None,
+                })?;
             }
             Ok(_) => break,
             // A record being appended right now, past the cut.
@@ -238,42 +286,8 @@ fn rehydrate(
     Ok(writer.cut()?.and_then(|c| c.files).unwrap_or_default())
 }
 
-/// Decompress a body stored with `encoding`, refusing to grow past `limit` bytes.
-/// An uncompressed body is returned as is (no copy).
-pub fn decompress(
-    encoding: u8,
-    body: &bytes::Bytes,
-    limit: usize,
-) -> Result<bytes::Bytes, DecompressError> {
-    use std::io::Read;
-    let mut out = Vec::new();
-    let read = match encoding {
-        ENCODING_IDENTITY => return Ok(body.clone()),
-        ENCODING_GZIP => flate2::read::MultiGzDecoder::new(&body[..])
-            .take(limit as u64 + 1)
-            .read_to_end(&mut out),
-        ENCODING_ZSTD => zstd::stream::read::Decoder::new(&body[..])
-            .and_then(|d| d.take(limit as u64 + 1).read_to_end(&mut out)),
-        other => return Err(DecompressError::Unknown(other)),
-    };
-    read.map_err(|e| DecompressError::Corrupt(e.to_string()))?;
-    if out.len() > limit {
-        return Err(DecompressError::TooLarge { limit });
-    }
-    Ok(bytes::Bytes::from(out))
-}
-
-#[derive(Debug, thiserror::Error, PartialEq)]
-pub enum DecompressError {
-    #[error("body decompresses to more than {limit} bytes")]
-    TooLarge { limit: usize },
-    #[error("body is not valid for its Content-Encoding: {0}")]
-    Corrupt(String),
-    #[error("unknown stored encoding {0}")]
-    Unknown(u8),
-}
-
 struct Uploader {
+    health: Arc<Health>,
     rx: flume::Receiver<Cut>,
     sink: Sink,
     cut_log: Arc<Mutex<CutLog>>,
@@ -286,7 +300,17 @@ struct Uploader {
 }
 
 /// Upload cuts in order: journal `cut`, upload every file, journal `done`, retire segments.
+/// Stops (and says why, in the health state) on the first error a retry cannot fix.
 async fn upload_loop(u: Uploader) {
+    let health = u.health.clone();
+    let guard = StageGuard::new(&health, Stage::Uploader);
+    match upload_cuts(&u).await {
+        Ok(()) => guard.finish(),
+        Err(reason) => guard.fail(format!("{reason}; rows stay in the write-ahead log")),
+    }
+}
+
+async fn upload_cuts(u: &Uploader) -> Result<(), String> {
     while let Ok(cut) = u.rx.recv_async().await {
         let seq = cut.seq;
         let files = match cut.files {
@@ -294,39 +318,31 @@ async fn upload_loop(u: Uploader) {
             None => {
                 let (dir, flush, max) = (u.wal_dir.clone(), u.flush, u.max_decompressed);
                 let after = cut.after;
-                match tokio::task::spawn_blocking(move || rehydrate(&dir, after, seq, flush, max))
+                tokio::task::spawn_blocking(move || rehydrate(&dir, after, seq, flush, max))
                     .await
-                {
-                    Ok(Ok(files)) => files,
-                    Ok(Err(e)) => {
-                        tracing::error!(seq, error = %e, "cannot rebuild cut from the log; stopping uploads");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::error!(seq, error = %e, "cut rebuild panicked; stopping uploads");
-                        return;
-                    }
-                }
+                    .map_err(|e| format!("rebuilding cut {seq} from the log panicked: {e}"))?
+                    .map_err(|e| format!("cannot rebuild cut {seq} from the log: {e:#}"))?
             }
         };
-        if let Err(e) = journal(&u.cut_log, seq, false).await {
-            // Without the journal entry a crash could re-cut differently: do not upload.
-            tracing::error!(seq, error = %e, "cannot journal cut; stopping uploads (rows stay in the log)");
-            return;
-        }
+        // Without the journal entry a crash could re-cut differently: do not upload.
+        journal(&u.cut_log, seq, false)
+            .await
+            .map_err(|e| format!("cannot journal cut {seq}: {e}"))?;
         let count = files.len();
-        futures::stream::iter(files)
+        let results = futures::stream::iter(files)
             .map(|file| {
-                let sink = u.sink.clone();
-                async move { sink.put(&file, seq).await }
+                let (sink, health) = (u.sink.clone(), u.health.clone());
+                async move { sink.put(&file, seq, &health).await }
             })
             .buffer_unordered(u.concurrency)
-            .collect::<Vec<()>>()
+            .collect::<Vec<_>>()
             .await;
-        if let Err(e) = journal(&u.cut_log, seq, true).await {
-            tracing::error!(seq, error = %e, "cannot journal finished cut; stopping uploads");
-            return;
+        if let Some(e) = results.into_iter().find_map(Result::err) {
+            return Err(format!("upload of cut {seq} failed permanently: {e}"));
         }
+        journal(&u.cut_log, seq, true)
+            .await
+            .map_err(|e| format!("cannot journal finished cut {seq}: {e}"))?;
         metrics::gauge!(crate::metrics::DURABLE_SEQ).set(seq as f64);
         let dir = u.wal_dir.clone();
         let keep = u.dedup_window * 2;
@@ -343,11 +359,13 @@ async fn upload_loop(u: Uploader) {
                         Some(b.saturating_sub(freed))
                     });
             }
+            // The log is durable either way; space is reclaimed at the next retirement.
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot delete retired log segments"),
             Err(e) => tracing::warn!(error = %e, "segment retirement panicked"),
         }
         tracing::debug!(seq, files = count, "cut durable");
     }
+    Ok(())
 }
 
 async fn journal(log: &Arc<Mutex<CutLog>>, seq: u64, done: bool) -> std::io::Result<()> {

@@ -665,6 +665,7 @@ fn parse_ts(v: Option<Scalar<'_>>) -> Check<i64> {
     Ok(micros)
 }
 
+pub mod codec;
 mod json;
 
 #[cfg(test)]

@@ -26,7 +26,8 @@ use crate::wal::LoggedBatch;
 #[derive(Debug, Clone, Copy)]
 pub struct FlushPolicy {
     pub max_rows: usize,
-    /// Encoded bytes across all open files.
+    /// Memory held by all open files: the Parquet bytes written so far (buffer capacity) plus
+    /// the row groups in progress (buffered pages and dictionaries).
     pub max_bytes: usize,
     /// Age of the oldest buffered row.
     pub max_age: Duration,
@@ -110,6 +111,7 @@ impl FileWriter {
     }
 
     /// Encode the rows of one logged record.
+    /// Encode the rows of one logged record; their memory reservation ends with them.
     pub fn add(&mut self, batch: LoggedBatch) -> Result<(), EncodeError> {
         for part in batch.rows {
             self.write(part)?;
@@ -151,7 +153,7 @@ impl FileWriter {
         {
             return true;
         }
-        self.encoded_bytes() >= self.policy.max_bytes
+        self.held_bytes() >= self.policy.max_bytes
     }
 
     /// How long until the age limit cuts, if anything is buffered.
@@ -160,10 +162,11 @@ impl FileWriter {
             .map(|t| self.policy.max_age.saturating_sub(now.duration_since(t)))
     }
 
-    fn encoded_bytes(&self) -> usize {
+    /// Memory held by the open files, which the flush policy bounds.
+    pub fn held_bytes(&self) -> usize {
         self.open
             .values()
-            .map(|f| f.writer.bytes_written() + f.writer.in_progress_size())
+            .map(|f| f.writer.inner().capacity() + f.writer.memory_size())
             .sum()
     }
 
@@ -179,7 +182,9 @@ impl FileWriter {
         }
         let mut files = Vec::with_capacity(self.open.len());
         for (key, f) in std::mem::take(&mut self.open) {
-            let bytes = f.writer.into_inner()?;
+            let mut bytes = f.writer.into_inner()?;
+            // The buffer grew by doubling: give the slack back before the file waits for upload.
+            bytes.shrink_to_fit();
             files.push(SealedFile {
                 key,
                 rows: f.rows,
@@ -199,8 +204,12 @@ impl FileWriter {
     }
 
     /// Thread body: add batches until the log writer hangs up, cutting by policy; a final cut
-    /// flushes everything at shutdown.
-    pub fn run(mut self, input: flume::Receiver<LoggedBatch>, cuts: flume::Sender<Cut>) {
+    /// flushes everything at shutdown. Returns why it stopped early, if it did.
+    pub fn run(
+        mut self,
+        input: flume::Receiver<LoggedBatch>,
+        cuts: flume::Sender<Cut>,
+    ) -> Result<(), WriterStopped> {
         loop {
             let now = Instant::now();
             let next = match self.time_left(now) {
@@ -211,38 +220,34 @@ impl FileWriter {
             };
             let stop = match next {
                 Ok(batch) => {
-                    if let Err(e) = self.add(batch) {
-                        // Rows that cannot be encoded stay in the log; a restart replays them.
-                        tracing::error!(error = %e, "dropping writer state; rows stay in the write-ahead log");
-                        return;
-                    }
+                    self.add(batch)?;
                     false
                 }
                 Err(flume::RecvTimeoutError::Timeout) => false,
                 Err(flume::RecvTimeoutError::Disconnected) => true,
             };
-            if stop || self.due(Instant::now()) {
-                match self.cut() {
-                    Ok(Some(mut cut)) => {
-                        metrics::counter!(crate::metrics::CUTS).increment(1);
-                        if cuts.len() >= HYDRATED_CUTS {
-                            metrics::counter!(crate::metrics::CUTS_DEHYDRATED).increment(1);
-                            cut.files = None;
-                        }
-                        if cuts.send(cut).is_err() {
-                            return;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, "parquet encoding failed; rows stay in the write-ahead log");
-                        return;
-                    }
+            if (stop || self.due(Instant::now()))
+                && let Some(mut cut) = self.cut()?
+            {
+                metrics::counter!(crate::metrics::CUTS).increment(1);
+                if cuts.len() >= HYDRATED_CUTS {
+                    metrics::counter!(crate::metrics::CUTS_DEHYDRATED).increment(1);
+                    cut.files = None;
                 }
+                cuts.send(cut).map_err(|_| WriterStopped::UploaderGone)?;
             }
             if stop {
-                return;
+                return Ok(());
             }
         }
     }
+}
+
+/// Why the file writer stopped before shutdown.
+#[derive(Debug, thiserror::Error)]
+pub enum WriterStopped {
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    #[error("the uploader stopped")]
+    UploaderGone,
 }

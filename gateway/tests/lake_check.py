@@ -47,10 +47,14 @@ def main(binary):
         [binary, "--listen", "127.0.0.1:0", "--storage", str(data), "--state-dir", str(state)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
-    first = proc.stdout.readline()
-    port = re.search(r"listening on 127\.0\.0\.1:(\d+)", first)
-    if not port:
-        sys.exit(f"gateway did not report its address: {first!r}")
+    seen = []
+    port = None
+    while port is None:
+        line = proc.stdout.readline()
+        if not line:
+            sys.exit(f"gateway did not report its address: {seen!r}")
+        seen.append(line)
+        port = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
     base = f"http://127.0.0.1:{port.group(1)}"
 
     now_ms = int(time.time() * 1000)

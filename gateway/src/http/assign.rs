@@ -8,14 +8,15 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use tokio::time::Instant;
 
-use super::AppState;
+use super::body;
 use super::ingest::{self, Ingested};
 use super::response::{ApiError, Body, json};
+use super::{AppState, Caller};
 use crate::assign::{Assignment, Reason, Unit};
 use crate::validate::BodyFormat;
 use crate::wal::record::ENCODING_IDENTITY;
@@ -42,29 +43,32 @@ struct AssignResponse<'a> {
     exposures_logged: Option<usize>,
 }
 
-pub async fn post(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let body = Limited::new(req.into_body(), MAX_ASSIGN_BODY_BYTES)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                ApiError::PayloadTooLarge(format!(
-                    "body is larger than {MAX_ASSIGN_BODY_BYTES} bytes"
-                ))
-            } else {
-                ApiError::bad_request("unreadable_body", format!("could not read the body: {e}"))
-            }
-        })?
-        .to_bytes();
-    let request: AssignRequest = serde_json::from_slice(&body).map_err(|e| {
+pub async fn post(
+    state: &AppState,
+    caller: &Caller,
+    req: Request<Incoming>,
+    deadline: Instant,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, incoming) = req.into_parts();
+    let body = body::read(
+        &parts.headers,
+        incoming,
+        MAX_ASSIGN_BODY_BYTES,
+        deadline,
+        &state.budget,
+    )
+    .await?;
+    let request: AssignRequest = serde_json::from_slice(&body.bytes).map_err(|e| {
         ApiError::bad_request("invalid_request", format!("invalid assign request: {e}"))
     })?;
     let mut attributes = request.attributes;
     if let Some(user_id) = request.user_id {
         attributes.insert("user_id".into(), Value::String(user_id));
     }
+    drop(body);
     answer(
         state,
+        caller,
         &attributes,
         request.experiments,
         request.log_exposure,
@@ -72,7 +76,11 @@ pub async fn post(state: &AppState, req: Request<Incoming>) -> Result<Response<B
     .await
 }
 
-pub async fn get(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn get(
+    state: &AppState,
+    caller: &Caller,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let mut attributes = Map::new();
     let mut experiments = Vec::new();
     let mut log_exposure = false;
@@ -99,11 +107,12 @@ pub async fn get(state: &AppState, req: Request<Incoming>) -> Result<Response<Bo
         }
     }
     let experiments = (!experiments.is_empty()).then_some(experiments);
-    answer(state, &attributes, experiments, log_exposure).await
+    answer(state, caller, &attributes, experiments, log_exposure).await
 }
 
 async fn answer(
     state: &AppState,
+    caller: &Caller,
     attributes: &Map<String, Value>,
     experiments: Option<Vec<String>>,
     log_exposure: bool,
@@ -129,7 +138,7 @@ async fn answer(
         metrics::counter!(crate::metrics::ASSIGNMENTS, "reason" => a.reason.as_str()).increment(1);
     }
     let exposures_logged = if log_exposure {
-        Some(log_exposures(state, &assignments, now).await?)
+        Some(log_exposures(state, caller, &assignments, now).await?)
     } else {
         None
     };
@@ -148,6 +157,7 @@ async fn answer(
 /// so repeated exposures of a unit on one day are one event.
 async fn log_exposures(
     state: &AppState,
+    caller: &Caller,
     assignments: &[Assignment],
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<usize, ApiError> {
@@ -180,6 +190,7 @@ async fn log_exposures(
     }
     let Ingested { rejected, .. } = ingest::ingest(
         state,
+        caller,
         Bytes::from(body),
         BodyFormat::NdJson,
         ENCODING_IDENTITY,

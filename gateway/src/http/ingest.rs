@@ -1,17 +1,22 @@
 //! `POST /v1/events`: read the body, validate, dedup, log, acknowledge.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde::Serialize;
+use tokio::time::Instant;
 
-use super::AppState;
+use super::body::{self, ReadBody};
 use super::response::{ApiError, Body, json};
+use super::{AppState, Caller};
+use crate::auth::Writer;
 use crate::batch::{self, PartitionBounds};
+use crate::budget::Reservation;
 use crate::config::AckMode;
 use crate::dedup::{DedupWindow, EventKey};
-use crate::pipeline::{DecompressError, decompress};
+use crate::validate::codec::{Decoding, DecompressError, Inflater};
 use crate::validate::{self, BodyError, BodyFormat};
 use crate::wal::record::{ENCODING_GZIP, ENCODING_IDENTITY, ENCODING_ZSTD};
 use crate::wal::{AppendError, BatchRecord};
@@ -40,28 +45,27 @@ pub struct Ingested {
     pub rejected: usize,
 }
 
-pub async fn handle(state: &AppState, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn handle(
+    state: &AppState,
+    caller: &Caller,
+    req: Request<Incoming>,
+    deadline: Instant,
+) -> Result<Response<Body>, ApiError> {
     let format = body_format(req.headers())?;
     let encoding = content_encoding(req.headers())?;
     let limits = state.config.limits;
-    if let Some(len) = content_length(req.headers())
-        && len > limits.max_body_bytes
-    {
-        return Err(too_large(limits.max_body_bytes));
-    }
-    let wire: Bytes = Limited::new(req.into_body(), limits.max_body_bytes)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                too_large(limits.max_body_bytes)
-            } else {
-                ApiError::bad_request("unreadable_body", format!("could not read the body: {e}"))
-            }
-        })?
-        .to_bytes();
+    let (parts, incoming) = req.into_parts();
+    let body = body::read(
+        &parts.headers,
+        incoming,
+        limits.max_body_bytes,
+        deadline,
+        &state.budget,
+    )
+    .await?;
     let mut rejected = Vec::new();
-    let counts = ingest_collecting(state, wire, format, encoding, Some(&mut rejected)).await?;
+    let counts =
+        ingest_collecting(state, caller, body, format, encoding, Some(&mut rejected)).await?;
     Ok(json(
         StatusCode::OK,
         &IngestResponse {
@@ -72,18 +76,23 @@ pub async fn handle(state: &AppState, req: Request<Incoming>) -> Result<Response
     ))
 }
 
-/// Validate, dedup and log one body; answers once the accepted events are durable.
+/// Validate, dedup and log one body built by the gateway itself (exposures it logs).
 pub async fn ingest(
     state: &AppState,
+    caller: &Caller,
     wire: Bytes,
     format: BodyFormat,
     encoding: u8,
 ) -> Result<Ingested, ApiError> {
-    ingest_collecting(state, wire, format, encoding, None).await
+    let mut hold = state.budget.empty();
+    hold.grow(wire.len()).map_err(ApiError::overloaded)?;
+    let body = ReadBody { bytes: wire, hold };
+    ingest_collecting(state, caller, body, format, encoding, None).await
 }
 
-/// Bodies at least this large as sent are decompressed and decoded on the blocking pool, so one
-/// big request does not hold an async worker for milliseconds (~0.1 ms per KB of events).
+/// Bodies at least this large *decompressed* are decompressed and decoded on the blocking pool,
+/// so one big request does not hold an async worker for milliseconds (~0.1 ms per KB of events).
+/// A compressed body is inflated inline up to this size, and moved to the pool if it grows past.
 const BLOCKING_BODY_BYTES: usize = 128 << 10;
 
 /// A body decoded, deduplicated and turned into rows: everything owned, ready to log.
@@ -93,11 +102,27 @@ struct Prepared {
     inserted: Vec<EventKey>,
     duplicates: usize,
     rejected: Vec<RejectedEvent>,
+    /// The wire body and the rows' memory; the decompressed body and the decoded events are
+    /// given back once the rows exist.
+    hold: Reservation,
+}
+
+/// Everything `prepare` needs, owned, so it can run on the blocking pool.
+struct Job {
+    wire_len: usize,
+    format: BodyFormat,
+    max_events: usize,
+    dedup: Arc<DedupWindow>,
+    writer: Option<Writer>,
+    received: chrono::DateTime<chrono::Utc>,
+    bounds: PartitionBounds,
+    source: Option<Arc<str>>,
 }
 
 async fn ingest_collecting(
     state: &AppState,
-    wire: Bytes,
+    caller: &Caller,
+    body: ReadBody,
     format: BodyFormat,
     encoding: u8,
     rejected_out: Option<&mut Vec<RejectedEvent>>,
@@ -105,25 +130,44 @@ async fn ingest_collecting(
     let limits = state.config.limits;
     let received = chrono::Utc::now();
     let received_micros = received.timestamp_micros();
-    let dedup = state.pipeline.dedup.clone();
-    let bounds = state.pipeline.bounds;
-    let body = wire.clone();
-    let prepare = move || {
-        let plain =
-            decompress(encoding, &body, limits.max_decompressed_bytes).map_err(|e| match e {
-                DecompressError::TooLarge { limit } => ApiError::PayloadTooLarge(format!(
-                    "body decompresses to more than {limit} bytes"
-                )),
-                other => ApiError::bad_request("invalid_encoding", other.to_string()),
-            })?;
-        prepare(&plain, format, limits.max_events, &dedup, received, bounds)
+    let ReadBody {
+        bytes: wire,
+        mut hold,
+    } = body;
+    let job = Job {
+        wire_len: wire.len(),
+        format,
+        max_events: limits.max_events,
+        dedup: state.pipeline.dedup.clone(),
+        writer: caller.writer.clone(),
+        received,
+        bounds: state.pipeline.bounds,
+        source: caller.source().cloned(),
     };
-    let p = if wire.len() >= BLOCKING_BODY_BYTES {
-        tokio::task::spawn_blocking(prepare)
+    let p = match Inflater::new(encoding, &wire, limits.max_decompressed_bytes)
+        .map_err(decompress_error)?
+    {
+        Decoding::Plain(plain) if plain.len() < BLOCKING_BODY_BYTES => job.run(&plain, hold)?,
+        Decoding::Plain(plain) => tokio::task::spawn_blocking(move || job.run(&plain, hold))
             .await
-            .map_err(|e| ApiError::Internal(format!("decoding failed: {e}")))??
-    } else {
-        prepare()?
+            .map_err(|e| ApiError::Internal(format!("decoding failed: {e}")))??,
+        Decoding::Inflate(mut inflater) => {
+            if inflater
+                .step(BLOCKING_BODY_BYTES, &mut hold)
+                .map_err(decompress_error)?
+            {
+                job.run(&inflater.finish(), hold)?
+            } else {
+                tokio::task::spawn_blocking(move || {
+                    inflater
+                        .step(usize::MAX, &mut hold)
+                        .map_err(decompress_error)?;
+                    job.run(&inflater.finish(), hold)
+                })
+                .await
+                .map_err(|e| ApiError::Internal(format!("decoding failed: {e}")))??
+            }
+        }
     };
 
     // Nothing new and nothing refused (all duplicates, or an empty batch): nothing to log.
@@ -131,17 +175,19 @@ async fn ingest_collecting(
         let record = BatchRecord {
             seq: 0,
             received_micros,
-            bounds,
+            bounds: state.pipeline.bounds,
             format,
             encoding,
             fresh: p.fresh,
+            source: caller.source().cloned(),
             body: wire,
         };
-        let result = match state
-            .pipeline
-            .wal
-            .try_append(record, p.rows, p.inserted.clone())
-        {
+        let result = match state.pipeline.wal.try_append(
+            record,
+            p.rows,
+            p.inserted.clone(),
+            Some(p.hold),
+        ) {
             Ok(ack) if state.config.ack == AckMode::Durable => {
                 ack.await.unwrap_or(Err(AppendError::Closed))
             }
@@ -175,15 +221,70 @@ async fn ingest_collecting(
     Ok(counts)
 }
 
-fn prepare(
-    plain: &Bytes,
-    format: BodyFormat,
-    max_events: usize,
-    dedup: &DedupWindow,
-    received: chrono::DateTime<chrono::Utc>,
-    bounds: PartitionBounds,
-) -> Result<Prepared, ApiError> {
-    let valid = validate::decode(plain, format, max_events).map_err(|e| match e {
+fn decompress_error(e: DecompressError) -> ApiError {
+    match e {
+        DecompressError::TooLarge { limit } => {
+            ApiError::PayloadTooLarge(format!("body decompresses to more than {limit} bytes"))
+        }
+        DecompressError::OverBudget(e) => ApiError::overloaded(e),
+        other => ApiError::bad_request("invalid_encoding", other.to_string()),
+    }
+}
+
+impl Job {
+    /// Decode, rate-limit, dedup and build rows. `hold` covers the body so far (wire and
+    /// decompressed); it grows for the decoded events and rows, then shrinks to wire + rows.
+    fn run(self, plain: &Bytes, mut hold: Reservation) -> Result<Prepared, ApiError> {
+        // Decoded events and their rows together stay within twice the decompressed body.
+        hold.grow(2 * plain.len()).map_err(ApiError::overloaded)?;
+        let valid = validate::decode(plain, self.format, self.max_events).map_err(body_error)?;
+        if let Some(writer) = &self.writer {
+            writer.spend(valid.len()).map_err(|e| {
+                metrics::counter!(crate::metrics::RATE_LIMITED).increment(1);
+                ApiError::RateLimited {
+                    message: format!("{e}; nothing from this request was accepted"),
+                    retry_after_secs: e.retry_after.as_secs_f64().ceil().max(1.0) as u64,
+                }
+            })?;
+        }
+        let fresh = self.dedup.admit(valid, self.received.timestamp_millis());
+        let rows = if fresh.accepted() > 0 || !fresh.valid.rejected.is_empty() {
+            batch::rows(
+                &fresh,
+                self.received.timestamp_micros(),
+                self.bounds,
+                self.source.as_deref(),
+            )
+        } else {
+            Vec::new()
+        };
+        let rejected = fresh
+            .valid
+            .rejected
+            .iter()
+            .map(|r| RejectedEvent {
+                index: r.index,
+                event_id: r.event_id.as_deref().map(str::to_owned),
+                code: r.code.as_str(),
+                message: r.message.clone(),
+            })
+            .collect();
+        let row_bytes: usize = rows.iter().map(|r| r.batch.get_array_memory_size()).sum();
+        // Shrinking never fails: rows are built within the 2x reserved above.
+        let _ = hold.resize(self.wire_len + row_bytes);
+        Ok(Prepared {
+            rows,
+            duplicates: fresh.duplicates(),
+            rejected,
+            fresh: fresh.fresh,
+            inserted: fresh.inserted,
+            hold,
+        })
+    }
+}
+
+fn body_error(e: BodyError) -> ApiError {
+    match e {
         BodyError::TooManyEvents { limit } => {
             ApiError::PayloadTooLarge(format!("batch has more than {limit} events"))
         }
@@ -195,31 +296,7 @@ fn prepare(
         BodyError::NotAnArray => {
             ApiError::bad_request("invalid_json", "body must be a JSON array of event objects")
         }
-    })?;
-    let fresh = dedup.admit(valid, received.timestamp_millis());
-    let rows = if fresh.accepted() > 0 || !fresh.valid.rejected.is_empty() {
-        batch::rows(&fresh, received.timestamp_micros(), bounds)
-    } else {
-        Vec::new()
-    };
-    let rejected = fresh
-        .valid
-        .rejected
-        .iter()
-        .map(|r| RejectedEvent {
-            index: r.index,
-            event_id: r.event_id.as_deref().map(str::to_owned),
-            code: r.code.as_str(),
-            message: r.message.clone(),
-        })
-        .collect();
-    Ok(Prepared {
-        rows,
-        duplicates: fresh.duplicates(),
-        rejected,
-        fresh: fresh.fresh,
-        inserted: fresh.inserted,
-    })
+    }
 }
 
 fn record_metrics(counts: &Ingested, rejected: &[RejectedEvent]) {
@@ -242,19 +319,6 @@ fn unavailable(e: AppendError) -> ApiError {
         reason,
         message: format!("{e}; nothing from this request was accepted, retry later"),
     }
-}
-
-fn too_large(limit: usize) -> ApiError {
-    ApiError::PayloadTooLarge(format!("body is larger than {limit} bytes"))
-}
-
-fn content_length(headers: &HeaderMap) -> Option<usize> {
-    headers
-        .get(header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()
 }
 
 fn body_format(headers: &HeaderMap) -> Result<BodyFormat, ApiError> {

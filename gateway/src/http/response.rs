@@ -36,6 +36,20 @@ pub enum ApiError {
         reason: &'static str,
         message: String,
     },
+    /// The body did not arrive in time; the connection is closed after the answer.
+    #[error("{0}")]
+    Timeout(String),
+    /// No credentials where they are required.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Credentials that are not valid here.
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -49,6 +63,15 @@ impl ApiError {
         }
     }
 
+    /// The memory budget refused the request.
+    pub fn overloaded(e: crate::budget::OverBudget) -> Self {
+        metrics::counter!(crate::metrics::OVERLOADED, "reason" => "memory").increment(1);
+        ApiError::Unavailable {
+            reason: "overloaded",
+            message: format!("{e}; nothing from this request was accepted, retry later"),
+        }
+    }
+
     fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
@@ -57,6 +80,10 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -69,6 +96,10 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::MethodNotAllowed { .. } => "method_not_allowed",
             ApiError::Unavailable { reason, .. } => reason,
+            ApiError::Timeout(_) => "request_timeout",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::RateLimited { .. } => "rate_limited",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -105,6 +136,22 @@ impl ApiError {
             ApiError::MethodNotAllowed { allow, .. } => {
                 resp.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(allow));
+            }
+            ApiError::Timeout(_) => {
+                resp.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            ApiError::Unauthorized(_) => {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"gateway\""),
+                );
+            }
+            ApiError::RateLimited {
+                retry_after_secs, ..
+            } => {
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
             }
             _ => {}
         }

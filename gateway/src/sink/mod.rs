@@ -9,8 +9,10 @@
 //! - Small files are written with `PutMode::Create`; `AlreadyExists` means an earlier attempt (before
 //!   a crash or a lost response) succeeded, which is success. Large files go up as multipart
 //!   uploads, which overwrite with identical rows.
-//! - Failed uploads are retried with exponential backoff and full jitter until they succeed or
-//!   the caller gives up; nothing is dropped here.
+//! - Failed uploads are classified ([`SinkError::is_retryable`]): transient ones (network, 5xx,
+//!   throttling) are retried with exponential backoff and full jitter until they succeed;
+//!   permanent ones (credentials, permissions, a missing bucket) are returned at once, since
+//!   retrying cannot fix them. Nothing is dropped here: the rows stay in the write-ahead log.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,12 +28,21 @@ use object_store::{
 };
 
 use crate::batch::PartitionKey;
+use crate::health::Health;
 use crate::writer::SealedFile;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// Storage answered, and refused in a way a retry cannot change.
+    #[error("storage refused {path}: {source}")]
+    Refused {
+        path: String,
+        source: object_store::Error,
+    },
     #[error("invalid storage URL {url:?}: {reason}")]
     Url { url: String, reason: String },
+    #[error("storage option {key:?}: {reason}")]
+    Option { key: String, reason: String },
     #[error("object storage error: {0}")]
     Store(#[from] object_store::Error),
     #[error("cannot create local storage folder {path}: {source}")]
@@ -39,6 +50,53 @@ pub enum SinkError {
         path: String,
         source: std::io::Error,
     },
+}
+
+impl SinkError {
+    /// Whether trying again later can succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            SinkError::Refused { .. } | SinkError::Url { .. } | SinkError::Option { .. } => false,
+            SinkError::Store(e) => !is_permanent(e),
+            SinkError::LocalDir { source, .. } => !io_is_permanent(source),
+        }
+    }
+}
+
+/// Store errors no retry can fix: credentials, permissions, a missing bucket or container,
+/// an unsupported operation, a bad path or option.
+fn is_permanent(e: &object_store::Error) -> bool {
+    use object_store::Error as E;
+    match e {
+        E::PermissionDenied { .. }
+        | E::Unauthenticated { .. }
+        | E::NotSupported { .. }
+        | E::NotImplemented { .. }
+        | E::InvalidPath { .. }
+        | E::UnknownConfigurationKey { .. } => true,
+        // On a put, "not found" is the bucket or container.
+        E::NotFound { .. } => true,
+        // The local file system wraps its io errors: look for one that will not go away.
+        E::Generic { source, .. } => {
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source.as_ref());
+            while let Some(c) = cause {
+                if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                    return io_is_permanent(io);
+                }
+                cause = c.source();
+            }
+            false
+        }
+        _ => false,
+    }
+}
+
+fn io_is_permanent(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind as K;
+    matches!(
+        e.kind(),
+        K::PermissionDenied | K::ReadOnlyFilesystem | K::NotADirectory | K::IsADirectory
+    )
 }
 
 /// Retries inside one request (by `object_store`), before our own backoff loop takes over.
@@ -58,9 +116,9 @@ macro_rules! with_options {
     ($builder:expr, $url:expr, $options:expr) => {{
         let mut b = $builder.with_url($url).with_retry(client_retry());
         for (k, v) in $options {
-            let key = k.parse().map_err(|e| SinkError::Url {
-                url: $url.to_owned(),
-                reason: format!("storage option {k:?}: {e}"),
+            let key = k.parse().map_err(|e| SinkError::Option {
+                key: k.clone(),
+                reason: format!("{e}"),
             })?;
             b = b.with_config(key, v);
         }
@@ -177,28 +235,72 @@ impl Sink {
         }
     }
 
-    /// Upload one file, retrying until it is stored.
-    pub async fn put(&self, file: &SealedFile, cut_seq: u64) {
+    /// Upload one file, retrying transient errors until it is stored; a permanent error is
+    /// returned at once. Every outcome is reported to `health`.
+    pub async fn put(
+        &self,
+        file: &SealedFile,
+        cut_seq: u64,
+        health: &Health,
+    ) -> Result<(), SinkError> {
         let path = self.object_path(&file.key, cut_seq);
         let mut attempt = 0;
         loop {
             let started = std::time::Instant::now();
             match self.put_once(&path, file).await {
                 Ok(()) => {
+                    health.storage_ok();
                     metrics::histogram!(crate::metrics::UPLOAD_SECONDS)
                         .record(started.elapsed().as_secs_f64());
                     metrics::counter!(crate::metrics::UPLOADED_BYTES)
                         .increment(file.bytes.len() as u64);
                     metrics::counter!(crate::metrics::UPLOADED_ROWS).increment(file.rows as u64);
-                    return;
+                    return Ok(());
+                }
+                Err(e) if is_permanent(&e) => {
+                    metrics::counter!(crate::metrics::UPLOAD_ERRORS).increment(1);
+                    metrics::counter!(crate::metrics::STORAGE_ERRORS, "class" => "permanent")
+                        .increment(1);
+                    let e = SinkError::Refused {
+                        path: path.to_string(),
+                        source: e,
+                    };
+                    health.storage_failed(e.to_string(), true);
+                    return Err(e);
                 }
                 Err(e) => {
                     metrics::counter!(crate::metrics::UPLOAD_ERRORS).increment(1);
+                    metrics::counter!(crate::metrics::STORAGE_ERRORS, "class" => "transient")
+                        .increment(1);
+                    health.storage_failed(e.to_string(), false);
                     let delay = self.backoff.delay(attempt);
-                    tracing::warn!(%path, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "upload failed");
+                    tracing::warn!(%path, attempt, error = %e, retry_in_ms = delay.as_millis() as u64, "upload failed; retrying");
                     tokio::time::sleep(delay).await;
                     attempt = attempt.saturating_add(1);
                 }
+            }
+        }
+    }
+
+    /// One cheap request that tells whether storage answers and lets us in: a `HEAD` of an
+    /// object that need not exist (not found is success). Reported to `health`.
+    pub async fn probe(&self, health: &Health) -> Result<(), SinkError> {
+        let path = if self.prefix.as_ref().is_empty() {
+            Path::from("_gateway_probe")
+        } else {
+            Path::from(format!("{}/_gateway_probe", self.prefix))
+        };
+        match self.store.head(&path).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => {
+                health.storage_ok();
+                Ok(())
+            }
+            Err(e) => {
+                let permanent = is_permanent(&e);
+                let class = if permanent { "permanent" } else { "transient" };
+                metrics::counter!(crate::metrics::STORAGE_ERRORS, "class" => class).increment(1);
+                health.storage_failed(e.to_string(), permanent);
+                Err(SinkError::Store(e))
             }
         }
     }
@@ -257,8 +359,9 @@ mod tests {
     async fn a_repeated_put_of_the_same_cut_is_not_an_error_and_keeps_one_object() {
         let (store, prefix) = open_store("memory://", &[]).unwrap();
         let sink = Sink::new(store.clone(), prefix, "n1".into());
-        sink.put(&file(10), 1).await;
-        sink.put(&file(10), 1).await;
+        let health = Health::new();
+        sink.put(&file(10), 1, &health).await.unwrap();
+        sink.put(&file(10), 1, &health).await.unwrap();
         let listed: Vec<_> = futures::StreamExt::collect::<Vec<_>>(store.list(None)).await;
         assert_eq!(listed.len(), 1);
     }
@@ -269,7 +372,7 @@ mod tests {
         let (store, prefix) = open_store(dir.path().to_str().unwrap(), &[]).unwrap();
         let sink = Sink::new(store.clone(), prefix, "n1".into()).with_multipart(1 << 20, 5 << 20);
         let f = file(11 << 20);
-        sink.put(&f, 3).await;
+        sink.put(&f, 3, &Health::new()).await.unwrap();
         let got = store
             .get(&sink.object_path(&f.key, 3))
             .await
@@ -278,6 +381,31 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got, f.bytes);
+    }
+
+    #[test]
+    fn credentials_and_permissions_are_permanent_and_network_errors_are_not() {
+        let source = || -> Box<dyn std::error::Error + Send + Sync> { "x".into() };
+        let denied = object_store::Error::PermissionDenied {
+            path: "p".into(),
+            source: source(),
+        };
+        assert!(is_permanent(&denied));
+        let local = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied)),
+        };
+        assert!(is_permanent(&local));
+        let network = object_store::Error::Generic {
+            store: "S3",
+            source: source(),
+        };
+        assert!(!is_permanent(&network));
+        let full = object_store::Error::Generic {
+            store: "LocalFileSystem",
+            source: Box::new(std::io::Error::from(std::io::ErrorKind::StorageFull)),
+        };
+        assert!(!is_permanent(&full), "a full disk can be freed");
     }
 
     #[test]

@@ -31,7 +31,7 @@ mod writer;
 
 pub use record::{BatchRecord, RecordError};
 pub use segment::{Replay, SegmentSet, list_segments, open_segments, retire};
-pub use writer::{AppendError, LoggedBatch, WalHandle, WalWriter};
+pub use writer::{AppendError, LoggedBatch, MAX_GROUP_BYTES, WalHandle, WalWriter};
 
 /// Errors of the log that fail a request or the start-up.
 #[derive(Debug, thiserror::Error)]

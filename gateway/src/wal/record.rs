@@ -7,8 +7,12 @@ use crate::validate::BodyFormat;
 
 /// Bytes of framing before each payload: length then checksum.
 pub const FRAME_HEADER: usize = 8;
-const VERSION: u8 = 1;
+/// Version 2 adds the writer's source; version 1 records (without it) are still read.
+const VERSION: u8 = 2;
+const VERSION_1: u8 = 1;
 const FIXED_PAYLOAD: usize = 1 + 8 + 8 + 8 + 8 + 1 + 1 + 4;
+/// Longest source name (the config allows 64 bytes).
+pub const MAX_SOURCE_BYTES: usize = u8::MAX as usize;
 /// Largest payload accepted on read; guards against reading a garbage length.
 pub const MAX_PAYLOAD: usize = 256 << 20;
 
@@ -28,6 +32,8 @@ pub struct BatchRecord {
     pub encoding: u8,
     /// Freshness of each valid event, in order (duplicates are `false`).
     pub fresh: Vec<bool>,
+    /// The write key's source that sent the body (`None`: no keys configured, or a v1 record).
+    pub source: Option<std::sync::Arc<str>>,
     pub body: Bytes,
 }
 
@@ -41,12 +47,18 @@ pub enum RecordError {
     Format(u8),
     #[error("freshness bitmap longer than the record")]
     Bitmap,
+    #[error("source longer than the record, or not UTF-8")]
+    Source,
 }
 
 impl BatchRecord {
     /// Payload bytes, without the frame; the body is copied once here.
     pub fn encode_payload(&self, out: &mut BytesMut) {
-        out.reserve(FIXED_PAYLOAD + self.fresh.len().div_ceil(8) + self.body.len());
+        let source = self.source.as_deref().unwrap_or("").as_bytes();
+        let source = &source[..source.len().min(MAX_SOURCE_BYTES)];
+        out.reserve(
+            FIXED_PAYLOAD + 1 + source.len() + self.fresh.len().div_ceil(8) + self.body.len(),
+        );
         out.put_u8(VERSION);
         out.put_u64_le(self.seq);
         out.put_i64_le(self.received_micros);
@@ -55,6 +67,8 @@ impl BatchRecord {
         out.put_u8(self.format.tag());
         out.put_u8(self.encoding);
         out.put_u32_le(self.fresh.len() as u32);
+        out.put_u8(source.len() as u8);
+        out.put_slice(source);
         for chunk in self.fresh.chunks(8) {
             let byte = chunk
                 .iter()
@@ -71,7 +85,7 @@ impl BatchRecord {
         }
         let p = &payload[..];
         let u64_at = |i: usize| u64::from_le_bytes(p[i..i + 8].try_into().expect("8 bytes"));
-        if p[0] != VERSION {
+        if p[0] != VERSION && p[0] != VERSION_1 {
             return Err(RecordError::Version(p[0]));
         }
         let seq = u64_at(1);
@@ -83,11 +97,20 @@ impl BatchRecord {
         let format = BodyFormat::from_tag(p[33]).ok_or(RecordError::Format(p[33]))?;
         let encoding = p[34];
         let fresh_len = u32::from_le_bytes(p[35..39].try_into().expect("4 bytes")) as usize;
-        let bitmap_end = FIXED_PAYLOAD + fresh_len.div_ceil(8);
+        let (source, bitmap_start) = if p[0] == VERSION_1 {
+            (None, FIXED_PAYLOAD)
+        } else {
+            let len = *p.get(FIXED_PAYLOAD).ok_or(RecordError::Source)? as usize;
+            let start = FIXED_PAYLOAD + 1;
+            let bytes = p.get(start..start + len).ok_or(RecordError::Source)?;
+            let text = std::str::from_utf8(bytes).map_err(|_| RecordError::Source)?;
+            ((!text.is_empty()).then(|| text.into()), start + len)
+        };
+        let bitmap_end = bitmap_start + fresh_len.div_ceil(8);
         if bitmap_end > p.len() {
             return Err(RecordError::Bitmap);
         }
-        let bitmap = &p[FIXED_PAYLOAD..bitmap_end];
+        let bitmap = &p[bitmap_start..bitmap_end];
         let fresh = (0..fresh_len)
             .map(|i| bitmap[i / 8] & (1 << (i % 8)) != 0)
             .collect();
@@ -98,6 +121,7 @@ impl BatchRecord {
             format,
             encoding,
             fresh,
+            source,
             body: payload.slice(bitmap_end..),
         })
     }
@@ -131,6 +155,7 @@ mod tests {
             format: BodyFormat::NdJson,
             encoding: ENCODING_GZIP,
             fresh,
+            source: Some("web".into()),
             body: Bytes::from(body),
         }
     }
@@ -149,6 +174,23 @@ mod tests {
             let back = BatchRecord::decode_payload(buf.freeze().slice(FRAME_HEADER..)).unwrap();
             prop_assert_eq!(back, r);
         }
+    }
+
+    #[test]
+    fn version_1_records_are_read_without_a_source() {
+        let v2 = record(vec![true, false, true], b"[1]".to_vec());
+        // Version 1: the same fields without the source length and bytes.
+        let mut buf = BytesMut::new();
+        BatchRecord {
+            source: None,
+            ..v2.clone()
+        }
+        .encode_payload(&mut buf);
+        let mut v1 = buf.to_vec();
+        v1[0] = VERSION_1;
+        v1.remove(FIXED_PAYLOAD); // the zero source length
+        let back = BatchRecord::decode_payload(Bytes::from(v1)).unwrap();
+        assert_eq!(back, BatchRecord { source: None, ..v2 });
     }
 
     #[test]

@@ -11,6 +11,7 @@ use proptest::prelude::*;
 use super::record::ENCODING_IDENTITY;
 use super::*;
 use crate::batch::PartitionBounds;
+use crate::health::Health;
 use crate::validate::BodyFormat;
 
 fn record(seq: u64, body: &str) -> BatchRecord {
@@ -24,6 +25,7 @@ fn record(seq: u64, body: &str) -> BatchRecord {
         format: BodyFormat::JsonArray,
         encoding: ENCODING_IDENTITY,
         fresh: vec![true, false, true],
+        source: None,
         body: Bytes::from(body.to_owned()),
     }
 }
@@ -127,12 +129,17 @@ async fn the_writer_numbers_syncs_and_passes_records_downstream_before_acking() 
         budget_bytes: 1 << 30,
         queue_len: 64,
     }
-    .spawn(&set, Arc::new(AtomicU64::new(0)), tx)
+    .spawn(
+        &set,
+        Arc::new(AtomicU64::new(0)),
+        tx,
+        Arc::new(Health::new()),
+    )
     .unwrap();
     let mut acks = Vec::new();
     for i in 0..10 {
         acks.push(
-            wal.try_append(record(0, &format!("b{i}")), Vec::new(), Vec::new())
+            wal.try_append(record(0, &format!("b{i}")), Vec::new(), Vec::new(), None)
                 .unwrap(),
         );
     }
@@ -147,7 +154,7 @@ async fn the_writer_numbers_syncs_and_passes_records_downstream_before_acking() 
     wal.close().await;
     thread.join().unwrap();
     assert!(matches!(
-        wal.try_append(record(0, "late"), Vec::new(), Vec::new()),
+        wal.try_append(record(0, "late"), Vec::new(), Vec::new(), None),
         Err(AppendError::Closed)
     ));
     let set = open_segments(dir.path()).unwrap();
@@ -168,15 +175,20 @@ async fn the_disk_budget_refuses_appends_without_logging_them() {
         budget_bytes: 1,
         queue_len: 4,
     }
-    .spawn(&set, Arc::new(AtomicU64::new(0)), tx)
+    .spawn(
+        &set,
+        Arc::new(AtomicU64::new(0)),
+        tx,
+        Arc::new(Health::new()),
+    )
     .unwrap();
-    wal.try_append(record(0, "first"), Vec::new(), Vec::new())
+    wal.try_append(record(0, "first"), Vec::new(), Vec::new(), None)
         .unwrap()
         .await
         .unwrap()
         .unwrap();
     let err = wal
-        .try_append(record(0, "second"), Vec::new(), Vec::new())
+        .try_append(record(0, "second"), Vec::new(), Vec::new(), None)
         .unwrap_err();
     assert_eq!(err, AppendError::OverBudget { budget_bytes: 1 });
     wal.close().await;
@@ -217,11 +229,16 @@ async fn a_full_disk_fails_the_append_without_acknowledging_anything() {
         budget_bytes: 1 << 30,
         queue_len: 4,
     }
-    .spawn(&set, Arc::new(AtomicU64::new(0)), tx)
+    .spawn(
+        &set,
+        Arc::new(AtomicU64::new(0)),
+        tx,
+        Arc::new(Health::new()),
+    )
     .unwrap();
     for _ in 0..3 {
         let ack = wal
-            .try_append(record(0, "x"), Vec::new(), Vec::new())
+            .try_append(record(0, "x"), Vec::new(), Vec::new(), None)
             .unwrap();
         let err = ack.await.unwrap().unwrap_err();
         assert!(

@@ -18,13 +18,17 @@ use super::ids::IdsWriter;
 use super::record::BatchRecord;
 use super::segment::{SegmentSet, segment_path};
 use crate::batch::PartitionRows;
+use crate::budget::Reservation;
 use crate::dedup::EventKey;
+use crate::health::{Health, Stage, StageGuard};
 
 /// Rows of one logged record, passed downstream after the sync.
 #[derive(Debug)]
 pub struct LoggedBatch {
     pub seq: u64,
     pub rows: Vec<PartitionRows>,
+    /// The rows' share of the memory budget, given back once they are encoded (none on replay).
+    pub hold: Option<Reservation>,
 }
 
 /// Why a record was not logged. None of these acknowledged anything.
@@ -43,6 +47,7 @@ pub enum AppendError {
 struct Append {
     record: BatchRecord,
     rows: Vec<PartitionRows>,
+    hold: Option<Reservation>,
     /// Dedup keys of the fresh events, for the id sidecar.
     keys: Vec<EventKey>,
     ack: oneshot::Sender<Result<u64, AppendError>>,
@@ -64,11 +69,13 @@ pub struct WalHandle {
 
 impl WalHandle {
     /// Queue `record` (its `seq` is assigned by the writer) and get a receiver for the ack.
+    /// `hold` is the memory the record and rows take; it travels with the rows downstream.
     pub fn try_append(
         &self,
         record: BatchRecord,
         rows: Vec<PartitionRows>,
         keys: Vec<EventKey>,
+        hold: Option<Reservation>,
     ) -> Result<oneshot::Receiver<Result<u64, AppendError>>, AppendError> {
         if self.bytes.load(Ordering::Relaxed) >= self.budget_bytes {
             return Err(AppendError::OverBudget {
@@ -80,6 +87,7 @@ impl WalHandle {
             .try_send(Msg::Append(Append {
                 record,
                 rows,
+                hold,
                 keys,
                 ack,
             }))
@@ -119,6 +127,7 @@ impl WalWriter {
         set: &SegmentSet,
         bytes: Arc<AtomicU64>,
         downstream: flume::Sender<LoggedBatch>,
+        health: Arc<Health>,
     ) -> std::io::Result<(WalHandle, std::thread::JoinHandle<()>)> {
         let (tx, rx) = flume::bounded(self.queue_len);
         let next_seq = set.last_seq + 1;
@@ -129,6 +138,7 @@ impl WalWriter {
             next_seq,
             config: self.clone(),
             bytes: bytes.clone(),
+            health,
         };
         let handle = WalHandle {
             tx,
@@ -137,7 +147,12 @@ impl WalWriter {
         };
         let thread = std::thread::Builder::new()
             .name("wal-writer".into())
-            .spawn(move || state.run(rx, downstream))?;
+            .spawn(move || {
+                let health = state.health.clone();
+                let guard = StageGuard::new(&health, Stage::LogWriter);
+                state.run(rx, downstream);
+                guard.finish();
+            })?;
         Ok((handle, thread))
     }
 }
@@ -159,10 +174,14 @@ struct State {
     next_seq: u64,
     config: WalWriter,
     bytes: Arc<AtomicU64>,
+    health: Arc<Health>,
 }
 
 /// Most records committed by one sync.
 const MAX_GROUP: usize = 1024;
+/// Most record bytes gathered for one sync (the last record may pass it): bounds the group
+/// buffer, which the memory budget reserves.
+pub const MAX_GROUP_BYTES: usize = 8 << 20;
 
 impl State {
     fn run(&mut self, rx: flume::Receiver<Msg>, downstream: flume::Sender<LoggedBatch>) {
@@ -170,17 +189,25 @@ impl State {
         let mut group: Vec<Append> = Vec::with_capacity(MAX_GROUP);
         let mut closing = false;
         while !closing {
+            let mut group_bytes = 0;
             match rx.recv() {
-                Ok(Msg::Append(a)) => group.push(a),
+                Ok(Msg::Append(a)) => {
+                    group_bytes += a.record.body.len();
+                    group.push(a);
+                }
                 Ok(Msg::Close) | Err(_) => break,
             }
-            for msg in rx.try_iter().take(MAX_GROUP - 1) {
-                match msg {
-                    Msg::Append(a) => group.push(a),
-                    Msg::Close => {
+            while group.len() < MAX_GROUP && group_bytes < MAX_GROUP_BYTES {
+                match rx.try_recv() {
+                    Ok(Msg::Append(a)) => {
+                        group_bytes += a.record.body.len();
+                        group.push(a);
+                    }
+                    Ok(Msg::Close) => {
                         closing = true;
                         break;
                     }
+                    Err(_) => break,
                 }
             }
             buf.clear();
@@ -191,6 +218,7 @@ impl State {
             let started = std::time::Instant::now();
             match self.commit(&buf) {
                 Ok(()) => {
+                    self.health.log_appended();
                     metrics::histogram!(crate::metrics::WAL_SYNC_SECONDS)
                         .record(started.elapsed().as_secs_f64());
                     metrics::counter!(crate::metrics::WAL_RECORDS).increment(group.len() as u64);
@@ -205,12 +233,18 @@ impl State {
                     for a in group.drain(..) {
                         let seq = a.record.seq;
                         // Downstream first: an acknowledged batch is always in the pipeline, so a
-                        // graceful shutdown flushes it.
-                        if downstream.send(LoggedBatch { seq, rows: a.rows }).is_err() {
-                            let _ = a.ack.send(Err(AppendError::Closed));
-                            continue;
-                        }
+                        // graceful shutdown flushes it. If the file writer has stopped (reported
+                        // by the health state), the record is still durable and replayed at the
+                        // next start: the answer is still a success.
+                        let _ = downstream.send(LoggedBatch {
+                            seq,
+                            rows: a.rows,
+                            hold: a.hold,
+                        });
                         let _ = a.ack.send(Ok(seq));
+                    }
+                    if buf.capacity() > 2 * MAX_GROUP_BYTES {
+                        buf = BytesMut::with_capacity(1 << 20);
                     }
                     if let Err(e) = self.maybe_roll() {
                         tracing::error!(error = %e, "could not start a new write-ahead log segment");
@@ -219,6 +253,7 @@ impl State {
                 Err(e) => {
                     tracing::error!(error = %e, "write-ahead log append failed; requests answered 503");
                     metrics::counter!(crate::metrics::WAL_ERRORS).increment(1);
+                    self.health.log_failed(e.to_string());
                     let err = AppendError::Io(e.to_string());
                     for a in group.drain(..) {
                         let _ = a.ack.send(Err(err.clone()));

@@ -222,13 +222,12 @@ pub fn start_gateway(config: &Path, state: &Path) -> (std::process::Child, Strin
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
-    let addr = first
-        .split("listening on ")
-        .nth(1)
-        .expect("the first log line names the address")
-        .trim()
-        .to_owned();
+    // Recovery may log before the gateway binds; the address comes once everything is checked.
+    let addr = lines
+        .by_ref()
+        .map(Result::unwrap)
+        .find_map(|l| Some(l.split("listening on ").nth(1)?.trim().to_owned()))
+        .expect("the gateway logs its address");
     // Keep draining the log so the gateway never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     (child, format!("http://{addr}"))

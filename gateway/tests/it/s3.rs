@@ -179,9 +179,10 @@ async fn a_repeated_upload_of_a_cut_is_a_conditional_put_that_keeps_the_first() 
         rows: 1,
         bytes: bytes::Bytes::from_static(bytes),
     };
-    sink.put(&file(b"first"), 7).await;
+    let health = gateway::health::Health::new();
+    sink.put(&file(b"first"), 7, &health).await.unwrap();
     // A replay of the same cut: If-None-Match makes it a no-op, not an error and not a copy.
-    sink.put(&file(b"second"), 7).await;
+    sink.put(&file(b"second"), 7, &health).await.unwrap();
     let path = sink.object_path(&file(b"").key, 7);
     let got = store.get(&path).await.unwrap().bytes().await.unwrap();
     assert_eq!(&got[..], b"first");
