@@ -8,7 +8,7 @@
 //!   escapes; `props` is kept as the raw JSON text of the object. No per-event heap allocation on
 //!   the accepted path.
 //! - Validation is per event: a bad event becomes a [`Rejection`] (with its index, and its raw JSON
-//!   filled in by [`ValidBatch::attach_raw`]) and never fails the request. Only an unreadable body
+//!   filled in by a second pass over the body) and never fails the request. Only an unreadable body
 //!   (not JSON, not an array, too many events) is a [`BodyError`].
 //! - The result is a pure function of the body: replaying a logged body yields the same batch.
 

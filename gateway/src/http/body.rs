@@ -44,9 +44,13 @@ pub async fn read(
     if declared.is_some_and(|len| len > max_bytes) {
         return Err(too_large(max_bytes));
     }
-    let mut hold = budget
-        .try_reserve(declared.unwrap_or(0))
-        .map_err(ApiError::overloaded)?;
+    let mut hold = match budget.try_reserve(declared.unwrap_or(0)) {
+        Ok(hold) => hold,
+        Err(e) => {
+            discard(body, max_bytes, deadline).await;
+            return Err(ApiError::overloaded(e));
+        }
+    };
     let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
     // The common case of a body in one chunk keeps hyper's buffer (no copy).
     let mut single: Option<Bytes> = None;
@@ -74,8 +78,12 @@ pub async fn read(
         if len > max_bytes {
             return Err(too_large(max_bytes));
         }
-        if len > hold.bytes() {
-            hold.resize(len).map_err(ApiError::overloaded)?;
+        if len > hold.bytes()
+            && let Err(e) = hold.resize(len)
+        {
+            drop((buf, single, hold));
+            discard(body, max_bytes - len, deadline).await;
+            return Err(ApiError::overloaded(e));
         }
         if buf.is_empty() && single.is_none() && declared.is_none_or(|d| d == data.len()) {
             single = Some(data);
@@ -92,6 +100,21 @@ pub async fn read(
     };
     // hyper refuses a body shorter than its declared length, so what is held is what was read.
     Ok(ReadBody { bytes, hold })
+}
+
+/// Read and drop the rest of a body that is refused before it was read, so the client sees the
+/// answer instead of a connection reset mid-send (a client that keeps sending is cut at the
+/// deadline or past `max_bytes`). Holds one chunk at a time.
+pub async fn discard(mut body: Incoming, max_bytes: usize, deadline: Instant) {
+    let mut left = max_bytes;
+    while let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline, body.frame()).await {
+        if let Ok(data) = frame.into_data() {
+            match left.checked_sub(data.len()) {
+                Some(l) => left = l,
+                None => return,
+            }
+        }
+    }
 }
 
 fn too_large(limit: usize) -> ApiError {

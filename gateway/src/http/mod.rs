@@ -358,7 +358,11 @@ async fn dispatch(
             match method {
                 Method::POST => match writer() {
                     Ok(caller) => ingest::handle(state, &caller, req, deadline).await,
-                    Err(e) => Err(e),
+                    Err(e) => {
+                        let max = state.config.limits.max_body_bytes;
+                        body::discard(req.into_body(), max, deadline).await;
+                        Err(e)
+                    }
                 },
                 _ => not_allowed("POST"),
             },

@@ -287,3 +287,39 @@ pub async fn post_ids(client: &reqwest::Client, base: &str, ids: &[String]) -> (
     }
     (status, r.json().await.unwrap())
 }
+
+/// Poll `/readyz` until it answers `want_ready` (bounded: panics after 20 s); returns the body.
+pub async fn wait_readiness(client: &reqwest::Client, base: &str, want_ready: bool) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..200 {
+        if let Ok(r) = client.get(format!("{base}/readyz")).send().await {
+            let status = r.status().as_u16();
+            last = r.json().await.unwrap_or(Value::Null);
+            if (status == 200) == want_ready {
+                assert_eq!(last["ready"], want_ready, "status and body agree");
+                return last;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("/readyz never became ready={want_ready}; last answer {last}");
+}
+
+/// Just the `event_id` column of every file of a table (cheap enough for millions of rows).
+pub fn event_ids(root: &Path, table: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for p in parquet_files(root, table) {
+        let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(&p).unwrap()).unwrap();
+        let index = builder
+            .schema()
+            .index_of("event_id")
+            .expect("an event_id column");
+        let mask = parquet::arrow::ProjectionMask::roots(builder.parquet_schema(), [index]);
+        for batch in builder.with_projection(mask).build().unwrap() {
+            let batch = batch.unwrap();
+            let ids = batch.column(0).as_string::<i32>();
+            out.extend(ids.iter().map(|v| v.unwrap().to_owned()));
+        }
+    }
+    out
+}

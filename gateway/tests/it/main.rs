@@ -3,7 +3,9 @@
 mod assign;
 mod common;
 mod crash;
+mod hardening;
 mod ingest;
 mod lake;
+mod memory;
 mod outage;
 mod s3;
