@@ -20,7 +20,7 @@ use std::io::Write;
 
 use bytes::Bytes;
 use gateway::budget::MemoryBudget;
-use gateway::validate::codec::{Decoding, DecompressError, Inflater, decompress};
+use gateway::validate::codec::{Decoding, DecompressError, decompress};
 use gateway::validate::{
     BodyError, BodyFormat, EventKind, MAX_EVENT_ID_BYTES, MAX_NAME_BYTES, MAX_PROPS_KEYS,
     MAX_USER_ID_BYTES, RejectCode, ValidBatch, ValidEvent, decode,
@@ -150,7 +150,7 @@ fn check_stepped(
     let budget = MemoryBudget::new(usize::MAX);
     let mut hold = budget.empty();
     let got = (|| {
-        let mut inflater = match Inflater::new(encoding, wire, limit)? {
+        let mut inflater = match Decoding::start(encoding, wire, limit)? {
             Decoding::Plain(_) => panic!("encoding {encoding} not inflated"),
             Decoding::Inflate(i) => i,
         };

@@ -636,6 +636,65 @@ mod tests {
     }
 
     #[test]
+    fn write_keys_are_hashes_with_sources_and_their_rate_limits_fit_a_batch() {
+        let hash = crate::auth::hash_key("k");
+        let raw: RawConfig = toml::from_str(&format!(
+            "listen = \"0.0.0.0:8080\"\n[auth]\nevents_per_sec = 500\n\
+             [[auth.write_keys]]\nsource = \"web\"\nsha256 = \"{}\"\n",
+            hash.to_uppercase()
+        ))
+        .unwrap();
+        let config = raw.validate().unwrap();
+        let key = &config.auth.write_keys[0];
+        assert_eq!((&*key.source, key.sha256.as_str()), ("web", hash.as_str()));
+        let limit = key.rate_limit.unwrap();
+        assert_eq!(limit.events_per_sec.get(), 500);
+        assert_eq!(
+            limit.burst.get(),
+            10_000,
+            "the burst defaults to a full batch"
+        );
+
+        let refused = |toml: &str| {
+            toml::from_str::<RawConfig>(toml)
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        let err = refused("[[auth.write_keys]]\nsource = \"web\"\nsha256 = \"abc\"\n");
+        assert!(err.contains("auth.write_keys.sha256"), "{err}");
+        let err = refused(&format!(
+            "[[auth.write_keys]]\nsource = \"a b\"\nsha256 = \"{hash}\"\n"
+        ));
+        assert!(err.contains("auth.write_keys.source"), "{err}");
+        let err = refused(&format!(
+            "[[auth.write_keys]]\nsource = \"w\"\nsha256 = \"{hash}\"\n\
+             events_per_sec = 10\nburst = 100\n"
+        ));
+        assert!(err.contains("below limits.max_events"), "{err}");
+        let err = refused("listen = \"0.0.0.0:8080\"\n");
+        assert!(err.contains("config field listen"), "{err}");
+        let err = refused("admin_listen = \"0.0.0.0:9090\"\n");
+        assert!(err.contains("config field admin_listen"), "{err}");
+    }
+
+    #[test]
+    fn the_memory_budget_must_hold_its_fixed_parts_and_one_large_request() {
+        let config = RawConfig::default().validate().unwrap();
+        let plan = config.memory;
+        assert_eq!(plan.total_bytes, 512 << 20);
+        assert_eq!(plan.dedup_bytes, config.dedup.memory_bytes());
+        assert!(
+            plan.requests_bytes >= (5 << 20) + 3 * (20 << 20),
+            "{plan:?}"
+        );
+        let raw: RawConfig = toml::from_str("[limits]\nmemory_budget_bytes = 268435456\n").unwrap();
+        let err = raw.validate().unwrap_err().to_string();
+        assert!(err.contains("limits.memory_budget_bytes"), "{err}");
+    }
+
+    #[test]
     fn unknown_fields_and_bad_values_are_refused_by_name() {
         let err = toml::from_str::<RawConfig>("[flush]\nmax_rowz = 3\n").unwrap_err();
         assert!(err.to_string().contains("max_rowz"), "{err}");

@@ -28,6 +28,13 @@ pub const MAX_USER_ID_BYTES: usize = 256;
 pub const MAX_NAME_BYTES: usize = 256;
 /// Most keys accepted in `props`.
 pub const MAX_PROPS_KEYS: usize = 64;
+/// Longest `props` key, in bytes.
+pub const MAX_PROP_KEY_BYTES: usize = 128;
+/// Longest `props` string value, in bytes (as it decodes, escapes resolved).
+///
+/// Part of the pure validation function, so a constant, not a setting: a logged body must
+/// validate the same way when it is replayed.
+pub const MAX_PROP_VALUE_BYTES: usize = 1024;
 /// Accepted event times: 2000-01-01T00:00:00Z up to (excluding) 2100-01-01T00:00:00Z, in µs.
 const MIN_TS_MICROS: i64 = 946_684_800_000_000;
 const MAX_TS_MICROS: i64 = 4_102_444_800_000_000;

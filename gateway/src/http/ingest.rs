@@ -16,7 +16,7 @@ use crate::batch::{self, PartitionBounds};
 use crate::budget::Reservation;
 use crate::config::AckMode;
 use crate::dedup::{DedupWindow, EventKey};
-use crate::validate::codec::{Decoding, DecompressError, Inflater};
+use crate::validate::codec::{Decoding, DecompressError};
 use crate::validate::{self, BodyError, BodyFormat};
 use crate::wal::record::{ENCODING_GZIP, ENCODING_IDENTITY, ENCODING_ZSTD};
 use crate::wal::{AppendError, BatchRecord};
@@ -144,7 +144,7 @@ async fn ingest_collecting(
         bounds: state.pipeline.bounds,
         source: caller.source().cloned(),
     };
-    let p = match Inflater::new(encoding, &wire, limits.max_decompressed_bytes)
+    let p = match Decoding::start(encoding, &wire, limits.max_decompressed_bytes)
         .map_err(decompress_error)?
     {
         Decoding::Plain(plain) if plain.len() < BLOCKING_BODY_BYTES => job.run(&plain, hold)?,

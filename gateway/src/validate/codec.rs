@@ -47,17 +47,17 @@ impl std::fmt::Debug for Inflater {
     }
 }
 
-/// What [`Inflater::new`] found: nothing to inflate, or work to do.
+/// What [`Decoding::start`] found: nothing to inflate, or work to do.
 #[derive(Debug)]
 pub enum Decoding {
     Plain(Bytes),
     Inflate(Inflater),
 }
 
-impl Inflater {
+impl Decoding {
     /// Start decoding `body` stored with `encoding` (one of `ENCODING_*`), refusing to grow past
     /// `limit` bytes. An uncompressed body is returned as is (no copy).
-    pub fn new(encoding: u8, body: &Bytes, limit: usize) -> Result<Decoding, DecompressError> {
+    pub fn start(encoding: u8, body: &Bytes, limit: usize) -> Result<Decoding, DecompressError> {
         let input = bytes::Buf::reader(body.clone());
         let reader: Box<dyn Read + Send> = match encoding {
             ENCODING_IDENTITY => return Ok(Decoding::Plain(body.clone())),
@@ -75,7 +75,9 @@ impl Inflater {
             done: false,
         }))
     }
+}
 
+impl Inflater {
     /// Decompress until the end, or until at least `until` bytes are out; the output buffer's
     /// capacity is reserved in `hold` before it is allocated. Returns whether the body is done.
     pub fn step(&mut self, until: usize, hold: &mut Reservation) -> Result<bool, DecompressError> {
@@ -121,7 +123,7 @@ impl Inflater {
 
 /// Decompress a whole body outside the memory budget (replay of bodies already accepted).
 pub fn decompress(encoding: u8, body: &Bytes, limit: usize) -> Result<Bytes, DecompressError> {
-    match Inflater::new(encoding, body, limit)? {
+    match Decoding::start(encoding, body, limit)? {
         Decoding::Plain(b) => Ok(b),
         Decoding::Inflate(mut inflater) => {
             let budget = crate::budget::MemoryBudget::new(usize::MAX);
@@ -176,7 +178,8 @@ mod tests {
         let body = gzip(&data);
         let budget = MemoryBudget::new(512 << 10);
         let mut hold = budget.empty();
-        let Decoding::Inflate(mut inflater) = Inflater::new(ENCODING_GZIP, &body, 4 << 20).unwrap()
+        let Decoding::Inflate(mut inflater) =
+            Decoding::start(ENCODING_GZIP, &body, 4 << 20).unwrap()
         else {
             panic!("gzip inflates")
         };

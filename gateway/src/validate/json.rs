@@ -6,7 +6,7 @@ use std::fmt;
 
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
-use super::{MAX_PROPS_KEYS, RejectCode};
+use super::{MAX_PROP_KEY_BYTES, MAX_PROP_VALUE_BYTES, MAX_PROPS_KEYS, RejectCode};
 
 /// Any JSON value, keeping strings borrowed; containers are skipped.
 pub(super) enum Scalar<'a> {
@@ -129,6 +129,14 @@ impl<'de> Visitor<'de> for PropsVisitor {
             }
             if keys > MAX_PROPS_KEYS {
                 result = Err(format!("props has more than {MAX_PROPS_KEYS} keys"));
+            } else if key.len() > MAX_PROP_KEY_BYTES {
+                result = Err(format!(
+                    "a props key is longer than {MAX_PROP_KEY_BYTES} bytes"
+                ));
+            } else if matches!(&v, Scalar::Str(s) if s.len() > MAX_PROP_VALUE_BYTES) {
+                result = Err(format!(
+                    "props.{key} is longer than {MAX_PROP_VALUE_BYTES} bytes"
+                ));
             } else if matches!(v, Scalar::Null | Scalar::Container) {
                 result = Err(format!(
                     "props.{key} must be a string, number or boolean, got {}",

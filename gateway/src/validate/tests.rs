@@ -242,3 +242,29 @@ proptest! {
         prop_assert_eq!(b.events[0].user_id.as_ref(), user.as_str());
     }
 }
+
+#[test]
+fn props_values_and_keys_have_a_size_limit() {
+    let event = |props: String| {
+        format!(
+            r#"{{"event_id":"a","type":"conversion","ts":1764419696789,"user_id":"u","name":"n","props":{props}}}"#
+        )
+    };
+    let at_limit = event(format!(r#"{{"k":"{}"}}"#, "v".repeat(MAX_PROP_VALUE_BYTES)));
+    let valid = decode(at_limit.as_bytes(), BodyFormat::NdJson, 10).unwrap();
+    assert_eq!(valid.events.len(), 1, "{:?}", valid.rejected);
+    let (code, message) = rejection(&event(format!(
+        r#"{{"k":"{}"}}"#,
+        "v".repeat(MAX_PROP_VALUE_BYTES + 1)
+    )));
+    assert_eq!(code, RejectCode::InvalidProps);
+    assert!(
+        message.contains("props.k is longer than 1024 bytes"),
+        "{message}"
+    );
+    let (code, _) = rejection(&event(format!(
+        r#"{{"{}":1}}"#,
+        "k".repeat(MAX_PROP_KEY_BYTES + 1)
+    )));
+    assert_eq!(code, RejectCode::InvalidProps);
+}

@@ -8,4 +8,5 @@ mod ingest;
 mod lake;
 mod memory;
 mod outage;
+mod readiness;
 mod s3;
