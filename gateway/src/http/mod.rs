@@ -175,6 +175,15 @@ async fn serve_with(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow:
         }
     });
     let hangup = tokio::spawn(reload_on_sighup(experiments.clone()));
+    let plan = config.memory;
+    tracing::info!(
+        total_mib = plan.total_bytes >> 20,
+        requests_mib = plan.requests_bytes >> 20,
+        dedup_mib = plan.dedup_bytes >> 20,
+        parquet_mib = plan.writer_bytes >> 20,
+        connections_mib = plan.connection_bytes >> 20,
+        "memory budget"
+    );
     if config.auth.write_keys.is_empty() {
         tracing::warn!(
             listen = %config.listen,
