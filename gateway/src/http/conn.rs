@@ -194,28 +194,39 @@ impl<IO: AsyncRead + Unpin> AsyncRead for GuardedIo<IO> {
     }
 }
 
+impl<IO> GuardedIo<IO> {
+    /// Note progress of a write, or fail it if the client has stopped reading past a timeout.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    self.last_io = Instant::now();
+                }
+                Poll::Ready(Ok(n))
+            }
+            // A client that does not read its answers stalls the connection like one that does
+            // not send.
+            Poll::Pending => match self.check_stall(cx) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                _ => Poll::Pending,
+            },
+            other => other,
+        }
+    }
+}
+
 impl<IO: AsyncWrite + Unpin> AsyncWrite for GuardedIo<IO> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.io).poll_write(cx, data) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.last_io = Instant::now();
-                }
-                Poll::Ready(Ok(n))
-            }
-            // A client that does not read its answers stalls the connection like one that does
-            // not send.
-            Poll::Pending => match this.check_stall(cx) {
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                _ => Poll::Pending,
-            },
-            other => other,
-        }
+        let polled = Pin::new(&mut self.io).poll_write(cx, data);
+        self.after_write(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -223,20 +234,8 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for GuardedIo<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.io).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 {
-                    this.last_io = Instant::now();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Pending => match this.check_stall(cx) {
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                _ => Poll::Pending,
-            },
-            other => other,
-        }
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.after_write(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
