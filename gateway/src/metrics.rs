@@ -34,6 +34,15 @@ pub const MEMORY_RESERVED: &str = "gateway_memory_reserved_bytes";
 pub const AUTH_FAILURES: &str = "gateway_auth_failures_total";
 pub const RATE_LIMITED: &str = "gateway_rate_limited_total";
 pub const STORAGE_ERRORS: &str = "gateway_storage_errors_total";
+pub const ASSIGNMENTS_BY_VARIANT: &str = "gateway_assignments_by_variant_total";
+pub const CONFIG_VERSION: &str = "gateway_experiments_config";
+
+/// Latency buckets (seconds) of every histogram: rendered as Prometheus histograms, not
+/// summaries, so quantiles can be aggregated across gateways.
+const LATENCY_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
 
 /// Install the global Prometheus recorder (once per process) and describe every metric.
 pub fn install() -> PrometheusHandle {
@@ -41,12 +50,70 @@ pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
+                .set_buckets(&LATENCY_BUCKETS)
+                .expect("the bucket list is not empty")
                 .install_recorder()
                 .expect("no other metrics recorder is installed");
             describe();
+            register();
             handle
         })
         .clone()
+}
+
+/// Create every series whose labels are known up front at zero, so `/metrics` lists them from
+/// the start (an alert on `rate(...)` needs the series before the first event).
+fn register() {
+    use metrics::{counter, gauge};
+    for name in [
+        EVENTS_ACCEPTED,
+        EVENTS_DUPLICATE,
+        DEDUP_EARLY_ROTATIONS,
+        WAL_RECORDS,
+        WAL_ERRORS,
+        CUTS,
+        CUTS_DEHYDRATED,
+        UPLOADED_BYTES,
+        UPLOADED_ROWS,
+        UPLOAD_ERRORS,
+        BUDGET_REFUSALS,
+        RATE_LIMITED,
+    ] {
+        counter!(name).absolute(0);
+    }
+    for name in [
+        DEDUP_IDS,
+        WAL_BYTES,
+        DURABLE_SEQ,
+        HTTP_CONNECTIONS,
+        MEMORY_RESERVED,
+    ] {
+        gauge!(name).set(0.0);
+    }
+    for code in crate::validate::RejectCode::ALL {
+        counter!(EVENTS_REJECTED, "code" => code.as_str()).absolute(0);
+    }
+    for reason in [
+        "memory",
+        "overloaded",
+        "log_full",
+        "log_unwritable",
+        "shutting_down",
+    ] {
+        counter!(OVERLOADED, "reason" => reason).absolute(0);
+    }
+    for kind in ["idle", "header", "body"] {
+        counter!(HTTP_TIMEOUTS, "kind" => kind).absolute(0);
+    }
+    for class in ["transient", "permanent"] {
+        counter!(STORAGE_ERRORS, "class" => class).absolute(0);
+    }
+    for reason in crate::assign::Reason::ALL {
+        counter!(ASSIGNMENTS, "reason" => reason.as_str()).absolute(0);
+    }
+    for outcome in ["ok", "refused"] {
+        counter!(CONFIG_RELOADS, "outcome" => outcome).absolute(0);
+    }
 }
 
 fn describe() {
@@ -113,6 +180,15 @@ fn describe() {
     describe_counter!(
         RATE_LIMITED,
         "Requests refused 429 by a write key's rate limit."
+    );
+    describe_counter!(
+        ASSIGNMENTS_BY_VARIANT,
+        "Units assigned into an experiment (hashed or forced), by experiment and variant; label \
+         values come from the experiments file only."
+    );
+    describe_gauge!(
+        CONFIG_VERSION,
+        "1 for the experiments config version in force (label version), 0 for earlier ones."
     );
     describe_counter!(
         STORAGE_ERRORS,

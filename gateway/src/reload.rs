@@ -16,6 +16,14 @@ use crate::assign::{ConfigError, Experiments, FileFormat, config_version};
 /// The example file, served when no experiments file is configured.
 pub const EXAMPLE_EXPERIMENTS: &str = include_str!("../experiments.example.json");
 
+/// The config-version gauge: the version in force at 1, the one it replaced at 0.
+fn mark_version(old: Option<&str>, new: &str) {
+    if let Some(old) = old {
+        metrics::gauge!(crate::metrics::CONFIG_VERSION, "version" => old.to_owned()).set(0.0);
+    }
+    metrics::gauge!(crate::metrics::CONFIG_VERSION, "version" => new.to_owned()).set(1.0);
+}
+
 #[derive(Debug)]
 pub struct ExperimentsSource {
     path: Option<PathBuf>,
@@ -29,6 +37,7 @@ impl ExperimentsSource {
             Some(p) => Experiments::load(p)?,
             None => Experiments::parse(EXAMPLE_EXPERIMENTS, FileFormat::Json)?,
         };
+        mark_version(None, experiments.version());
         Ok(Self {
             path: path.map(Path::to_owned),
             current: ArcSwap::from_pointee(experiments),
@@ -49,6 +58,7 @@ impl ExperimentsSource {
                 let new = Arc::new(new);
                 let old = self.current.swap(new.clone());
                 if old.version() != new.version() {
+                    mark_version(Some(old.version()), new.version());
                     tracing::info!(
                         from = old.version(),
                         to = new.version(),

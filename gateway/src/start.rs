@@ -43,6 +43,8 @@ pub struct Prepared {
 
 /// Check what can be checked locally, recover the log and start the pipeline.
 pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
+    // First, so what start-up records (the config version, stage gauges) is exported.
+    crate::metrics::install();
     let store = crate::sink::open_store(&config.storage, &config.storage_options).map_err(|e| {
         let field = match &e {
             crate::sink::SinkError::Option { .. } => "storage_options",

@@ -105,6 +105,16 @@ pub enum RejectCode {
 }
 
 impl RejectCode {
+    pub const ALL: [RejectCode; 7] = [
+        RejectCode::MissingField,
+        RejectCode::UnknownField,
+        RejectCode::DuplicateField,
+        RejectCode::InvalidType,
+        RejectCode::InvalidValue,
+        RejectCode::InvalidProps,
+        RejectCode::MalformedJson,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             RejectCode::MissingField => "missing_field",

@@ -78,6 +78,21 @@ pub enum Reason {
 }
 
 impl Reason {
+    pub const ALL: [Reason; 12] = [
+        Reason::Killed,
+        Reason::Forced,
+        Reason::Stopped,
+        Reason::NotStarted,
+        Reason::Ended,
+        Reason::NoHashAttribute,
+        Reason::ConditionFailed,
+        Reason::PrerequisiteFailed,
+        Reason::LayerExcluded,
+        Reason::NotCovered,
+        Reason::Hashed,
+        Reason::UnknownExperiment,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Killed => "killed",

@@ -527,21 +527,7 @@ fn assignments_serialize_to_the_endpoint_shape() {
 
 #[test]
 fn reasons_serialize_as_their_names() {
-    let all = [
-        Reason::Killed,
-        Reason::Forced,
-        Reason::Stopped,
-        Reason::NotStarted,
-        Reason::Ended,
-        Reason::NoHashAttribute,
-        Reason::ConditionFailed,
-        Reason::PrerequisiteFailed,
-        Reason::LayerExcluded,
-        Reason::NotCovered,
-        Reason::Hashed,
-        Reason::UnknownExperiment,
-    ];
-    for reason in all {
+    for reason in Reason::ALL {
         assert_eq!(
             serde_json::to_value(reason).expect("serializes"),
             json!(reason.as_str())

@@ -136,6 +136,15 @@ async fn answer(
     }
     for a in &assignments {
         metrics::counter!(crate::metrics::ASSIGNMENTS, "reason" => a.reason.as_str()).increment(1);
+        // In an experiment, key and variant are the config's own strings, never client input.
+        if let (true, Some(variant)) = (a.in_experiment, &a.variant) {
+            metrics::counter!(
+                crate::metrics::ASSIGNMENTS_BY_VARIANT,
+                "experiment" => a.experiment.to_string(),
+                "variant" => variant.to_string()
+            )
+            .increment(1);
+        }
     }
     let exposures_logged = if log_exposure {
         Some(log_exposures(state, caller, &assignments, now).await?)

@@ -7,6 +7,7 @@ mod hardening;
 mod ingest;
 mod lake;
 mod memory;
+mod metrics;
 mod outage;
 mod readiness;
 mod s3;
