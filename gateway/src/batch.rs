@@ -61,14 +61,18 @@ pub struct PartitionKey {
 }
 
 impl PartitionKey {
-    /// `assignments/date=2025-11-29/hour=07`
+    /// `assignments/date=2025-11-29/hour=7`.
+    ///
+    /// The hour is not zero-padded: `hour=07` reads as a string in DuckDB's type detection (an
+    /// integer never has a leading zero), so a lake's `hour` type would depend on which hours it
+    /// holds. Unpadded, every reader infers an integer whatever the data.
     pub fn path(&self) -> String {
         let t = chrono::DateTime::from_timestamp(self.hour * 3600, 0).unwrap_or_default();
         format!(
             "{}/date={}/hour={}",
             self.table.dir(),
             t.format("%Y-%m-%d"),
-            t.format("%H")
+            t.format("%-H")
         )
     }
 }
@@ -104,36 +108,52 @@ fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
 }
 
-/// The two event tables: common columns, then the table's own; `props` last.
-fn event_schema(own: Vec<Field>) -> SchemaRef {
+/// The two event tables: common columns, then the table's own, `props`, and the columns added
+/// after the first release (appended, so older files stay readable by name).
+fn event_schema(user_id_nullable: bool, own: Vec<Field>, added: Vec<Field>) -> SchemaRef {
     let mut fields = vec![
         Field::new("event_id", DataType::Utf8, false),
         Field::new("ts", ts_type(), false),
         Field::new("received_at", ts_type(), false),
         Field::new("ts_out_of_bounds", DataType::Boolean, false),
-        Field::new("user_id", DataType::Utf8, false),
+        Field::new("user_id", DataType::Utf8, user_id_nullable),
     ];
     fields.extend(own);
     fields.push(Field::new("props", DataType::Utf8, true));
-    // Added after the first release: readers of older files see it as null.
+    // Hardening release: readers of older files see it as null.
     fields.push(Field::new("source", DataType::Utf8, true));
+    fields.extend(added);
     Arc::new(Schema::new(fields))
 }
 
 static ASSIGNMENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    event_schema(vec![
-        Field::new("experiment", DataType::Utf8, false),
-        Field::new("variant", DataType::Utf8, false),
-    ])
+    event_schema(
+        true,
+        vec![
+            Field::new("experiment", DataType::Utf8, false),
+            Field::new("variant", DataType::Utf8, false),
+        ],
+        // Analysable-lake release.
+        vec![
+            Field::new("unit_attribute", DataType::Utf8, false),
+            Field::new("unit_id", DataType::Utf8, false),
+            Field::new("config_version", DataType::Utf8, true),
+            Field::new("synthetic", DataType::Boolean, false),
+        ],
+    )
 });
 
 static CONVERSIONS: LazyLock<SchemaRef> = LazyLock::new(|| {
-    event_schema(vec![
-        Field::new("name", DataType::Utf8, false),
-        Field::new("value", DataType::Float64, true),
-        Field::new("experiment", DataType::Utf8, true),
-        Field::new("variant", DataType::Utf8, true),
-    ])
+    event_schema(
+        false,
+        vec![
+            Field::new("name", DataType::Utf8, false),
+            Field::new("value", DataType::Float64, true),
+            Field::new("experiment", DataType::Utf8, true),
+            Field::new("variant", DataType::Utf8, true),
+        ],
+        vec![Field::new("synthetic", DataType::Boolean, false)],
+    )
 });
 
 static REJECTED: LazyLock<SchemaRef> = LazyLock::new(|| {
@@ -148,6 +168,84 @@ static REJECTED: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
+static EXPERIMENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let time = |name| Field::new(name, ts_type(), true);
+    Arc::new(Schema::new(vec![
+        Field::new("config_version", DataType::Utf8, false),
+        Field::new("experiment", DataType::Utf8, false),
+        Field::new("variant", DataType::Utf8, false),
+        Field::new("variant_index", DataType::Int32, false),
+        Field::new("weight", DataType::Float64, false),
+        Field::new("coverage", DataType::Float64, false),
+        Field::new("status", DataType::Utf8, false),
+        Field::new("layer", DataType::Utf8, true),
+        Field::new("hash_attribute", DataType::Utf8, false),
+        time("start"),
+        time("end"),
+        Field::new("first_served_at", ts_type(), false),
+        Field::new("node_id", DataType::Utf8, false),
+    ]))
+});
+
+/// The schema of the lake's `experiments` table (see `docs/data-layout.md`).
+pub fn experiments_schema() -> SchemaRef {
+    EXPERIMENTS.clone()
+}
+
+/// The `experiments` table rows of one config version, as first served by `node_id`: one row
+/// per (experiment, variant), so SQL can join exposures to the weights they were drawn with.
+pub fn experiments_rows(
+    experiments: &crate::assign::Experiments,
+    first_served_micros: i64,
+    node_id: &str,
+) -> RecordBatch {
+    let mut version = StringBuilder::new();
+    let mut key = StringBuilder::new();
+    let mut variant = StringBuilder::new();
+    let mut index = arrow_array::builder::Int32Builder::new();
+    let mut weight = Float64Builder::new();
+    let mut coverage = Float64Builder::new();
+    let mut status = StringBuilder::new();
+    let mut layer = StringBuilder::new();
+    let mut attribute = StringBuilder::new();
+    let ts = || TimestampMicrosecondBuilder::new().with_timezone("UTC");
+    let (mut start, mut end, mut served) = (ts(), ts(), ts());
+    let mut node = StringBuilder::new();
+    for e in experiments.summaries() {
+        for (i, (name, w)) in e.variants.iter().zip(e.weights).enumerate() {
+            version.append_value(experiments.version());
+            key.append_value(&**e.key);
+            variant.append_value(&**name);
+            index.append_value(i32::try_from(i).unwrap_or(i32::MAX));
+            weight.append_value(*w);
+            coverage.append_value(e.coverage);
+            status.append_value(e.status.as_str());
+            layer.append_option(e.layer);
+            attribute.append_value(e.hash_attribute);
+            start.append_option(e.start.map(|t| t.timestamp_micros()));
+            end.append_option(e.end.map(|t| t.timestamp_micros()));
+            served.append_value(first_served_micros);
+            node.append_value(node_id);
+        }
+    }
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(version.finish()),
+        Arc::new(key.finish()),
+        Arc::new(variant.finish()),
+        Arc::new(index.finish()),
+        Arc::new(weight.finish()),
+        Arc::new(coverage.finish()),
+        Arc::new(status.finish()),
+        Arc::new(layer.finish()),
+        Arc::new(attribute.finish()),
+        Arc::new(start.finish()),
+        Arc::new(end.finish()),
+        Arc::new(served.finish()),
+        Arc::new(node.finish()),
+    ];
+    RecordBatch::try_new(EXPERIMENTS.clone(), columns).expect("columns follow the schema")
+}
+
 /// Column builders shared by the two event tables; `name`/`value` stay empty for assignments.
 struct EventColumns {
     event_id: StringBuilder,
@@ -161,6 +259,10 @@ struct EventColumns {
     variant: StringBuilder,
     props: StringBuilder,
     source: StringBuilder,
+    unit_attribute: StringBuilder,
+    unit_id: StringBuilder,
+    config_version: StringBuilder,
+    synthetic: BooleanBuilder,
 }
 
 impl EventColumns {
@@ -178,6 +280,10 @@ impl EventColumns {
             variant: StringBuilder::with_capacity(rows, rows * 8),
             props: StringBuilder::new(),
             source: StringBuilder::new(),
+            unit_attribute: StringBuilder::new(),
+            unit_id: StringBuilder::new(),
+            config_version: StringBuilder::new(),
+            synthetic: BooleanBuilder::with_capacity(rows),
         }
     }
 
@@ -193,13 +299,27 @@ impl EventColumns {
         self.ts.append_value(e.ts_micros);
         self.received_at.append_value(received_micros);
         self.out_of_bounds.append_value(out_of_bounds);
-        self.user_id.append_value(&e.user_id);
+        self.user_id.append_option(e.user_id.as_deref());
         self.experiment.append_option(e.experiment.as_deref());
         self.variant.append_option(e.variant.as_deref());
         self.props.append_option(e.props);
-        if e.kind == EventKind::Conversion {
-            self.name.append_option(e.name.as_deref());
-            self.value.append_option(e.value);
+        self.synthetic.append_value(e.synthetic);
+        match e.kind {
+            EventKind::Conversion => {
+                self.name.append_option(e.name.as_deref());
+                self.value.append_option(e.value);
+            }
+            EventKind::Assignment => {
+                // Validation guarantees a unit: given on its own, or the user.
+                let (attribute, unit) = match (&e.unit_attribute, &e.unit_id) {
+                    (Some(a), Some(u)) => (a.as_ref(), u.as_ref()),
+                    _ => ("user_id", e.user_id.as_deref().unwrap_or_default()),
+                };
+                self.unit_attribute.append_value(attribute);
+                self.unit_id.append_value(unit);
+                self.config_version
+                    .append_option(e.config_version.as_deref());
+            }
         }
     }
 
@@ -219,6 +339,12 @@ impl EventColumns {
         columns.push(Arc::new(self.variant.finish()));
         columns.push(Arc::new(self.props.finish()));
         columns.push(Arc::new(self.source.finish()));
+        if table == Table::Assignments {
+            columns.push(Arc::new(self.unit_attribute.finish()));
+            columns.push(Arc::new(self.unit_id.finish()));
+            columns.push(Arc::new(self.config_version.finish()));
+        }
+        columns.push(Arc::new(self.synthetic.finish()));
         RecordBatch::try_new(table.schema(), columns).expect("columns follow the table schema")
     }
 }
@@ -421,6 +547,93 @@ mod tests {
             .unwrap()
             .as_boolean();
         assert!(flag.value(0));
+    }
+
+    #[test]
+    fn assignments_carry_their_unit_user_config_version_and_traffic_kind() {
+        let received = 1_764_419_696_789_000;
+        let body = r#"[
+          {"event_id":"a","type":"assignment","ts":1764419696789,"user_id":"u","experiment":"e","variant":"v"},
+          {"event_id":"b","type":"assignment","ts":1764419696789,"unit_attribute":"device_id","unit_id":"d","config_version":"c1","experiment":"e","variant":"v","synthetic":true},
+          {"event_id":"c","type":"conversion","ts":1764419696789,"user_id":"u","name":"buy","synthetic":true}
+        ]"#;
+        let out = rows_of(body, received);
+        let a = &out[0].batch;
+        let text = |name: &str| -> Vec<Option<String>> {
+            a.column_by_name(name)
+                .unwrap()
+                .as_string::<i32>()
+                .iter()
+                .map(|s| s.map(str::to_owned))
+                .collect()
+        };
+        let some = |s: &str| Some(s.to_owned());
+        // Without unit fields the unit is the user.
+        assert_eq!(text("unit_attribute"), [some("user_id"), some("device_id")]);
+        assert_eq!(text("unit_id"), [some("u"), some("d")]);
+        assert_eq!(text("user_id"), [some("u"), None]);
+        assert_eq!(text("config_version"), [None, some("c1")]);
+        let synthetic = |b: &RecordBatch| -> Vec<bool> {
+            let col = b.column_by_name("synthetic").unwrap().as_boolean();
+            (0..col.len()).map(|i| col.value(i)).collect()
+        };
+        assert_eq!(synthetic(a), [false, true]);
+        assert_eq!(synthetic(&out[1].batch), [true]);
+        assert_eq!(out[1].batch.schema(), Table::Conversions.schema());
+    }
+
+    #[test]
+    fn partition_hours_are_unpadded_integers() {
+        let key = |hour| PartitionKey {
+            table: Table::Assignments,
+            hour,
+        };
+        // 2025-11-29T07:00Z and T00:00Z.
+        assert_eq!(key(490_111).path(), "assignments/date=2025-11-29/hour=7");
+        assert_eq!(key(490_104).path(), "assignments/date=2025-11-29/hour=0");
+        assert_eq!(key(490_127).path(), "assignments/date=2025-11-29/hour=23");
+    }
+
+    #[test]
+    fn the_experiments_table_has_a_row_per_variant_with_normalized_weights() {
+        let config = crate::assign::Experiments::parse(
+            r#"{"experiments": [
+              {"key": "a", "variants": ["c", "t"], "weights": [0.2, 0.8], "coverage": 0.5,
+               "layer": {"name": "L", "range": [0, 0.5]}},
+              {"key": "b", "variants": ["x", "y", "z"], "status": "killed", "hash_attribute": "device_id"}
+            ]}"#,
+            crate::assign::FileFormat::Json,
+        )
+        .unwrap();
+        let batch = experiments_rows(&config, 1_764_419_696_789_000, "n1");
+        assert_eq!(batch.num_rows(), 5);
+        let text = |name: &str, i: usize| {
+            batch
+                .column_by_name(name)
+                .unwrap()
+                .as_string::<i32>()
+                .value(i)
+                .to_owned()
+        };
+        let float = |name: &str, i: usize| {
+            batch
+                .column_by_name(name)
+                .unwrap()
+                .as_primitive::<arrow_array::types::Float64Type>()
+                .value(i)
+        };
+        assert_eq!(text("config_version", 0), config.version());
+        assert_eq!(
+            (text("experiment", 1), text("variant", 1)),
+            ("a".into(), "t".into())
+        );
+        assert_eq!(float("weight", 1), 0.8);
+        assert_eq!(float("coverage", 0), 0.5);
+        assert_eq!(text("layer", 0), "L");
+        assert_eq!(text("status", 4), "killed");
+        assert_eq!(text("hash_attribute", 4), "device_id");
+        assert!((float("weight", 2) - 1.0 / 3.0).abs() < 1e-12);
+        assert!(batch.column_by_name("layer").unwrap().is_null(3));
     }
 
     #[test]

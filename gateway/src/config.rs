@@ -13,6 +13,7 @@ use crate::auth::{RateLimit, WriteKey};
 use crate::batch::PartitionBounds;
 use crate::budget::MemoryPlan;
 use crate::dedup::DedupConfig;
+use crate::srm::SrmConfig;
 use crate::writer::FlushPolicy;
 
 /// Command-line flags. Each overrides the config file.
@@ -74,6 +75,16 @@ pub struct RawConfig {
     pub http: RawHttp,
     #[serde(default)]
     pub auth: RawAuth,
+    #[serde(default)]
+    pub srm: RawSrm,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSrm {
+    pub p_value_threshold: Option<f64>,
+    pub exact_units_per_variant: Option<usize>,
+    pub min_units: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -249,9 +260,10 @@ pub struct Config {
     /// `POST /admin/reload`. Default 1 s.
     pub experiments_poll: Option<Duration>,
     pub limits: Limits,
-    /// Default window 10 minutes, at most 20 million ids (about 400-800 MB).
+    /// Default window 10 minutes, at most 3,670,016 ids (68 MiB, allocated at start).
     pub dedup: DedupConfig,
-    /// Default 1,000,000 rows, 64 MiB encoded, 60 s: files of tens of MB, no event waits longer.
+    /// Default 1,000,000 rows, 32 MiB in memory, 60 s: files of tens of MB, no event waits
+    /// longer.
     pub flush: FlushPolicy,
     /// Default: events up to 7 days old or 1 hour ahead are partitioned by their own time.
     pub partition: PartitionBounds,
@@ -264,6 +276,9 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Default `durable`.
     pub ack: AckMode,
+    /// Live sample-ratio checks: p < 0.001 is a mismatch; 8,192 units per variant counted
+    /// exactly, then estimated; no verdict under 100 units.
+    pub srm: SrmConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -287,6 +302,8 @@ const MICROS_PER_HOUR: i64 = 3_600_000_000;
 /// table (34 MiB), so no memory is lost to the power-of-two rounding.
 pub const DEFAULT_MAX_IDS: usize = 3_670_016;
 /// hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+/// Most units counted exactly per variant (about 2 MiB of hashes each).
+const MAX_EXACT_UNITS: usize = 1 << 17;
 const MIN_HEADER_BYTES: usize = 8 << 10;
 const MAX_HEADER_BYTES: usize = 1 << 20;
 
@@ -558,6 +575,32 @@ impl RawConfig {
                 ),
             });
         }
+        let defaults = SrmConfig::default();
+        let srm = SrmConfig {
+            p_value_threshold: self
+                .srm
+                .p_value_threshold
+                .unwrap_or(defaults.p_value_threshold),
+            exact_units_per_variant: self
+                .srm
+                .exact_units_per_variant
+                .unwrap_or(defaults.exact_units_per_variant),
+            min_units: self.srm.min_units.unwrap_or(defaults.min_units),
+        };
+        if !(srm.p_value_threshold > 0.0 && srm.p_value_threshold < 1.0) {
+            return Err(ConfigError::Invalid {
+                field: "srm.p_value_threshold",
+                reason: format!("must be between 0 and 1, got {}", srm.p_value_threshold),
+            });
+        }
+        if srm.exact_units_per_variant > MAX_EXACT_UNITS {
+            return Err(ConfigError::Invalid {
+                field: "srm.exact_units_per_variant",
+                reason: format!(
+                    "must be at most {MAX_EXACT_UNITS} (past it, a sketch counts in 64 KiB)"
+                ),
+            });
+        }
         let memory = memory_plan(&limits, &dedup, &flush, &http)?;
         let auth = auth_config(self.auth, &limits)?;
         let listen = self
@@ -605,6 +648,7 @@ impl RawConfig {
             memory,
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs.unwrap_or(30)),
             ack: self.ack.unwrap_or(AckMode::Durable),
+            srm,
         })
     }
 }

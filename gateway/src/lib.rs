@@ -14,6 +14,8 @@
 //! - [`writer`]: logged rows -> Parquet files, cut by the flush policy (own thread)
 //! - [`sink`]: Parquet files -> object storage (the only module that names object_store)
 //! - [`pipeline`]: wires wal -> writer -> sink; recovery at start, flush at shutdown
+//! - [`catalog`]: each served experiments config -> the lake's `experiments` table
+//! - [`srm`]: distinct exposed units per variant and the live sample-ratio test
 //! - [`metrics`]: metric names and the Prometheus recorder
 //!
 //! Beside the flow: [`budget`] (the process memory budget every stage draws from) and
@@ -27,6 +29,7 @@ pub mod assign;
 pub mod auth;
 pub mod batch;
 pub mod budget;
+pub mod catalog;
 pub mod config;
 pub mod dedup;
 pub mod health;
@@ -35,6 +38,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod reload;
 pub mod sink;
+pub mod srm;
 pub mod start;
 pub mod validate;
 pub mod wal;

@@ -36,6 +36,9 @@ pub const RATE_LIMITED: &str = "gateway_rate_limited_total";
 pub const STORAGE_ERRORS: &str = "gateway_storage_errors_total";
 pub const ASSIGNMENTS_BY_VARIANT: &str = "gateway_assignments_by_variant_total";
 pub const CONFIG_VERSION: &str = "gateway_experiments_config";
+pub const EXPOSED_UNITS: &str = "gateway_experiment_exposed_units";
+pub const SRM_P_VALUE: &str = "gateway_experiment_srm_p_value";
+pub const SRM_DETECTED: &str = "gateway_experiment_srm";
 
 /// Latency buckets (seconds) of every histogram: rendered as Prometheus histograms, not
 /// summaries, so quantiles can be aggregated across gateways.
@@ -189,6 +192,21 @@ fn describe() {
     describe_gauge!(
         CONFIG_VERSION,
         "1 for the experiments config version in force (label version), 0 for earlier ones."
+    );
+    describe_gauge!(
+        EXPOSED_UNITS,
+        "Distinct units exposed, by experiment and variant, since start or the experiment's last \
+         split change; exact up to [srm] exact_units_per_variant, then a HyperLogLog estimate \
+         (0.41% relative standard error)."
+    );
+    describe_gauge!(
+        SRM_P_VALUE,
+        "Chi-square sample-ratio p-value of the exposed units against the configured weights, by \
+         experiment (1 until there are enough units)."
+    );
+    describe_gauge!(
+        SRM_DETECTED,
+        "1 when an experiment's sample-ratio p-value is below [srm] p_value_threshold, else 0."
     );
     describe_counter!(
         STORAGE_ERRORS,

@@ -43,6 +43,7 @@ pub struct Pipeline {
     writer_thread: std::thread::JoinHandle<()>,
     uploader: tokio::task::JoinHandle<()>,
     prober: tokio::task::JoinHandle<()>,
+    catalog: Option<tokio::task::JoinHandle<()>>,
     _lock: fs::File,
 }
 
@@ -55,6 +56,7 @@ pub async fn start(
     config: &Config,
     store: (Arc<dyn object_store::ObjectStore>, object_store::path::Path),
     health: Arc<Health>,
+    served: Option<tokio::sync::mpsc::UnboundedReceiver<crate::reload::Served>>,
 ) -> anyhow::Result<Pipeline> {
     let state_dir = &config.state_dir;
     fs::create_dir_all(state_dir)
@@ -77,6 +79,9 @@ pub async fn start(
             }
         }
     });
+
+    let catalog =
+        served.map(|rx| tokio::spawn(crate::catalog::run(rx, sink.clone(), health.clone())));
 
     let (cut_log, cut_state) = CutLog::open(&state_dir.join("cuts.log"))?;
     let wal_dir = state_dir.join("wal");
@@ -169,6 +174,7 @@ pub async fn start(
         bounds: config.partition,
         health,
         prober,
+        catalog,
         wal_thread,
         writer_thread,
         uploader,
@@ -186,6 +192,7 @@ impl Pipeline {
             writer_thread,
             uploader,
             prober,
+            catalog,
             health,
             ..
         } = self;
@@ -206,6 +213,10 @@ impl Pipeline {
                 timeout_secs = timeout.as_secs(),
                 "uploads still pending at shutdown; they stay in the write-ahead log"
             ),
+        }
+        // The version in force is written again at the next start if this one was cut short.
+        if let Some(catalog) = catalog {
+            catalog.abort();
         }
         Ok(())
     }

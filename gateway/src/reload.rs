@@ -24,10 +24,20 @@ fn mark_version(old: Option<&str>, new: &str) {
     metrics::gauge!(crate::metrics::CONFIG_VERSION, "version" => new.to_owned()).set(1.0);
 }
 
+/// A config version that started serving, and when.
+#[derive(Debug, Clone)]
+pub struct Served {
+    pub experiments: Arc<Experiments>,
+    pub since: chrono::DateTime<chrono::Utc>,
+}
+
 #[derive(Debug)]
 pub struct ExperimentsSource {
     path: Option<PathBuf>,
     current: ArcSwap<Experiments>,
+    /// Every version put in force, in order, for the lake's experiments table.
+    served: tokio::sync::mpsc::UnboundedSender<Served>,
+    served_rx: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<Served>>>,
 }
 
 impl ExperimentsSource {
@@ -38,10 +48,27 @@ impl ExperimentsSource {
             None => Experiments::parse(EXAMPLE_EXPERIMENTS, FileFormat::Json)?,
         };
         mark_version(None, experiments.version());
+        let experiments = Arc::new(experiments);
+        let (served, served_rx) = tokio::sync::mpsc::unbounded_channel();
+        let _ = served.send(Served {
+            experiments: experiments.clone(),
+            since: chrono::Utc::now(),
+        });
         Ok(Self {
             path: path.map(Path::to_owned),
-            current: ArcSwap::from_pointee(experiments),
+            current: ArcSwap::new(experiments),
+            served,
+            served_rx: std::sync::Mutex::new(Some(served_rx)),
         })
+    }
+
+    /// The versions put in force, the first one included, as they start serving. Only one
+    /// taker: the task that writes them to the lake.
+    pub fn take_served(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<Served>> {
+        self.served_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
     }
 
     pub fn current(&self) -> Arc<Experiments> {
@@ -59,6 +86,10 @@ impl ExperimentsSource {
                 let old = self.current.swap(new.clone());
                 if old.version() != new.version() {
                     mark_version(Some(old.version()), new.version());
+                    let _ = self.served.send(Served {
+                        experiments: new.clone(),
+                        since: chrono::Utc::now(),
+                    });
                     tracing::info!(
                         from = old.version(),
                         to = new.version(),

@@ -61,7 +61,7 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
             reason: e.to_string(),
         })?;
     let health = Arc::new(Health::new());
-    let pipeline = pipeline::start(&config, store, health).await?;
+    let pipeline = pipeline::start(&config, store, health, experiments.take_served()).await?;
     Ok(Prepared {
         config,
         experiments: Arc::new(experiments),

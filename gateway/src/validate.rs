@@ -24,6 +24,10 @@ use serde_json::value::RawValue;
 pub const MAX_EVENT_ID_BYTES: usize = 128;
 /// Longest accepted `user_id`, in bytes.
 pub const MAX_USER_ID_BYTES: usize = 256;
+/// Longest accepted `unit_id` (the randomization unit's value), in bytes.
+pub const MAX_UNIT_ID_BYTES: usize = 256;
+/// Longest accepted `unit_attribute` or `config_version`, in bytes.
+pub const MAX_UNIT_ATTRIBUTE_BYTES: usize = 128;
 /// Longest accepted `experiment`, `variant` or conversion `name`, in bytes.
 pub const MAX_NAME_BYTES: usize = 256;
 /// Most keys accepted in `props`.
@@ -82,7 +86,17 @@ pub struct ValidEvent<'a> {
     pub kind: EventKind,
     /// Event time in microseconds since the Unix epoch (UTC).
     pub ts_micros: i64,
-    pub user_id: Cow<'a, str>,
+    /// The user, when known. Required on conversions; on an assignment, optional when the
+    /// randomization unit is given on its own.
+    pub user_id: Option<Cow<'a, str>>,
+    /// Assignment only: the attribute the experiment hashed on (`device_id`) and its value, the
+    /// randomization unit. Without them the unit is the user: `("user_id", user_id)`.
+    pub unit_attribute: Option<Cow<'a, str>>,
+    pub unit_id: Option<Cow<'a, str>>,
+    /// Assignment only: the experiments-config version the variant was evaluated under.
+    pub config_version: Option<Cow<'a, str>>,
+    /// Load-test or other synthetic traffic, to be left out of readouts.
+    pub synthetic: bool,
     pub experiment: Option<Cow<'a, str>>,
     pub variant: Option<Cow<'a, str>>,
     /// Conversion name (`purchase`); `None` for assignments.
@@ -358,6 +372,10 @@ enum Field {
     Name,
     Value,
     Props,
+    UnitAttribute,
+    UnitId,
+    ConfigVersion,
+    Synthetic,
 }
 
 impl Field {
@@ -372,6 +390,10 @@ impl Field {
             "name" => Field::Name,
             "value" => Field::Value,
             "props" => Field::Props,
+            "unit_attribute" => Field::UnitAttribute,
+            "unit_id" => Field::UnitId,
+            "config_version" => Field::ConfigVersion,
+            "synthetic" => Field::Synthetic,
             _ => return None,
         })
     }
@@ -387,6 +409,10 @@ impl Field {
             "name",
             "value",
             "props",
+            "unit_attribute",
+            "unit_id",
+            "config_version",
+            "synthetic",
         ][self as usize]
     }
 }
@@ -404,6 +430,10 @@ struct Fields<'a> {
     name: Option<Scalar<'a>>,
     value: Option<Scalar<'a>>,
     props: Option<&'a RawValue>,
+    unit_attribute: Option<Scalar<'a>>,
+    unit_id: Option<Scalar<'a>>,
+    config_version: Option<Scalar<'a>>,
+    synthetic: Option<Scalar<'a>>,
     /// First problem met while reading; the event is rejected with it.
     problem: Option<(RejectCode, String)>,
 }
@@ -458,6 +488,10 @@ impl<'de> Visitor<'de> for EventVisitor {
                         Field::Variant => &mut f.variant,
                         Field::Name => &mut f.name,
                         Field::Value => &mut f.value,
+                        Field::UnitAttribute => &mut f.unit_attribute,
+                        Field::UnitId => &mut f.unit_id,
+                        Field::ConfigVersion => &mut f.config_version,
+                        Field::Synthetic => &mut f.synthetic,
                         Field::Props => unreachable!("handled above"),
                     };
                     *slot = Some(v);
@@ -543,11 +577,28 @@ impl<'a> Fields<'a> {
             }
         };
         let ts_micros = parse_ts(self.ts.take())?;
-        let user_id = required_str(Field::UserId, self.user_id.take())?;
-        check_len(Field::UserId, &user_id, MAX_USER_ID_BYTES)?;
-        let experiment = optional_name(Field::Experiment, self.experiment.take())?;
-        let variant = optional_name(Field::Variant, self.variant.take())?;
-        let name = optional_name(Field::Name, self.name.take())?;
+        let user_id = optional_str(Field::UserId, self.user_id.take(), MAX_USER_ID_BYTES)?;
+        let unit_attribute = optional_str(
+            Field::UnitAttribute,
+            self.unit_attribute.take(),
+            MAX_UNIT_ATTRIBUTE_BYTES,
+        )?;
+        let unit_id = optional_str(Field::UnitId, self.unit_id.take(), MAX_UNIT_ID_BYTES)?;
+        let config_version = optional_str(
+            Field::ConfigVersion,
+            self.config_version.take(),
+            MAX_UNIT_ATTRIBUTE_BYTES,
+        )?;
+        let synthetic = match self.synthetic.take() {
+            None | Some(Scalar::Null) => false,
+            Some(Scalar::Bool(b)) => b,
+            Some(other) => {
+                return Err(wrong_type(Field::Synthetic, "a boolean", other.type_name()));
+            }
+        };
+        let experiment = optional_str(Field::Experiment, self.experiment.take(), MAX_NAME_BYTES)?;
+        let variant = optional_str(Field::Variant, self.variant.take(), MAX_NAME_BYTES)?;
+        let name = optional_str(Field::Name, self.name.take(), MAX_NAME_BYTES)?;
         let value = match self.value.take() {
             None | Some(Scalar::Null) => None,
             Some(Scalar::Int(v)) => Some(v as f64),
@@ -578,10 +629,28 @@ impl<'a> Fields<'a> {
                         ));
                     }
                 }
+                match (&unit_attribute, &unit_id) {
+                    (Some(_), Some(_)) => {}
+                    (None, None) if user_id.is_some() => {}
+                    (None, None) => return Err(missing(Field::UserId)),
+                    (Some(_), None) => return Err(missing(Field::UnitId)),
+                    (None, Some(_)) => return Err(missing(Field::UnitAttribute)),
+                }
             }
             EventKind::Conversion => {
                 if name.is_none() {
                     return Err(missing(Field::Name));
+                }
+                if user_id.is_none() {
+                    return Err(missing(Field::UserId));
+                }
+                for f in [Field::UnitAttribute, Field::UnitId, Field::ConfigVersion] {
+                    if self.seen & (1 << f as u16) != 0 {
+                        return Err((
+                            RejectCode::UnknownField,
+                            format!("{} is only allowed on assignment events", f.name()),
+                        ));
+                    }
                 }
             }
         }
@@ -596,6 +665,10 @@ impl<'a> Fields<'a> {
             kind,
             ts_micros,
             user_id,
+            unit_attribute,
+            unit_id,
+            config_version,
+            synthetic,
             experiment,
             variant,
             name,
@@ -619,21 +692,25 @@ fn wrong_type(field: Field, want: &str, got: &str) -> (RejectCode, String) {
     )
 }
 
-fn required_str<'a>(field: Field, v: Option<Scalar<'a>>) -> Check<Cow<'a, str>> {
+fn optional_str<'a>(
+    field: Field,
+    v: Option<Scalar<'a>>,
+    max: usize,
+) -> Check<Option<Cow<'a, str>>> {
     match v {
-        None | Some(Scalar::Null) => Err(missing(field)),
-        Some(Scalar::Str(s)) => Ok(s),
+        None | Some(Scalar::Null) => Ok(None),
+        Some(Scalar::Str(s)) => {
+            check_len(field, &s, max)?;
+            Ok(Some(s))
+        }
         Some(other) => Err(wrong_type(field, "a string", other.type_name())),
     }
 }
 
-fn optional_name<'a>(field: Field, v: Option<Scalar<'a>>) -> Check<Option<Cow<'a, str>>> {
+fn required_str<'a>(field: Field, v: Option<Scalar<'a>>) -> Check<Cow<'a, str>> {
     match v {
-        None | Some(Scalar::Null) => Ok(None),
-        Some(Scalar::Str(s)) => {
-            check_len(field, &s, MAX_NAME_BYTES)?;
-            Ok(Some(s))
-        }
+        None | Some(Scalar::Null) => Err(missing(field)),
+        Some(Scalar::Str(s)) => Ok(s),
         Some(other) => Err(wrong_type(field, "a string", other.type_name())),
     }
 }

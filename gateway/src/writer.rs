@@ -61,6 +61,24 @@ pub const HYDRATED_CUTS: usize = 1;
 #[error("parquet encoding failed: {0}")]
 pub struct EncodeError(#[from] parquet::errors::ParquetError);
 
+/// Encode one small batch as a whole Parquet file, with the event tables' properties.
+pub fn encode_file(batch: &arrow_array::RecordBatch) -> Result<Bytes, EncodeError> {
+    let mut writer = ArrowWriter::try_new(Vec::new(), batch.schema(), Some(properties(1 << 20)))?;
+    writer.write(batch)?;
+    Ok(Bytes::from(writer.into_inner()?))
+}
+
+fn properties(max_rows: usize) -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(3).expect("valid zstd level"),
+        ))
+        .set_dictionary_enabled(true)
+        .set_max_row_group_row_count(Some(max_rows.clamp(1, 1 << 20)))
+        .set_created_by(format!("experiment-gateway {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
 struct OpenFile {
     writer: ArrowWriter<Vec<u8>>,
     rows: usize,
@@ -91,17 +109,9 @@ impl std::fmt::Debug for FileWriter {
 impl FileWriter {
     /// `durable`: every record up to here is already in storage.
     pub fn new(policy: FlushPolicy, durable: u64) -> Self {
-        let props = WriterProperties::builder()
-            .set_compression(Compression::ZSTD(
-                ZstdLevel::try_new(3).expect("valid zstd level"),
-            ))
-            .set_dictionary_enabled(true)
-            .set_max_row_group_row_count(Some(policy.max_rows.clamp(1, 1 << 20)))
-            .set_created_by(format!("experiment-gateway {}", env!("CARGO_PKG_VERSION")))
-            .build();
         Self {
             policy,
-            props,
+            props: properties(policy.max_rows),
             open: BTreeMap::new(),
             rows: 0,
             oldest: None,

@@ -205,6 +205,9 @@ pub(super) struct Experiment {
     pub(super) hash_attribute: Arc<str>,
     pub(super) variants: Vec<Arc<str>>,
     pub(super) ranges: Vec<(f64, f64)>,
+    /// Variant weights as configured (or equal), normalized to sum to 1.
+    pub(super) weights: Vec<f64>,
+    pub(super) coverage: f64,
     pub(super) status: Status,
     pub(super) fallback: usize,
     pub(super) forced: HashMap<Box<str>, usize>,
@@ -213,6 +216,31 @@ pub(super) struct Experiment {
     pub(super) condition: Option<Condition>,
     pub(super) start: Option<DateTime<Utc>>,
     pub(super) end: Option<DateTime<Utc>>,
+}
+
+/// The public face of one experiment: what it randomizes and with which weights.
+#[derive(Debug, Clone, Copy)]
+pub struct ExperimentSummary<'a> {
+    pub key: &'a Arc<str>,
+    pub variants: &'a [Arc<str>],
+    /// Normalized to sum to 1; equal when the file gives none.
+    pub weights: &'a [f64],
+    pub coverage: f64,
+    pub status: Status,
+    pub layer: Option<&'a str>,
+    pub hash_attribute: &'a str,
+    pub start: Option<DateTime<Utc>>,
+    pub end: Option<DateTime<Utc>>,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Stopped => "stopped",
+            Status::Killed => "killed",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -288,6 +316,27 @@ impl Experiments {
     pub fn variants(&self, key: &str) -> Option<impl Iterator<Item = &str>> {
         let exp = &self.list[*self.index.get(key)?];
         Some(exp.variants.iter().map(|v| &**v))
+    }
+
+    /// What each experiment is, for the lake's `experiments` table and the live health checks.
+    pub fn summaries(&self) -> impl Iterator<Item = ExperimentSummary<'_>> {
+        self.list.iter().map(|e| ExperimentSummary {
+            key: &e.key,
+            variants: &e.variants,
+            weights: &e.weights,
+            coverage: e.coverage,
+            status: e.status,
+            layer: e.layer.as_ref().map(|l| &*l.name),
+            hash_attribute: &e.hash_attribute,
+            start: e.start,
+            end: e.end,
+        })
+    }
+
+    /// One experiment's summary.
+    pub fn summary(&self, key: &str) -> Option<ExperimentSummary<'_>> {
+        let i = self.position(key)?;
+        self.summaries().nth(i)
     }
 
     pub(super) fn position(&self, key: &str) -> Option<usize> {
@@ -458,6 +507,13 @@ fn validate_one(
         ));
     }
     let ranges = hash::bucket_ranges(n, coverage, raw.weights.as_deref());
+    let weights = match &raw.weights {
+        Some(w) => {
+            let sum: f64 = w.iter().sum();
+            w.iter().map(|x| x / sum).collect()
+        }
+        None => vec![1.0 / n as f64; n],
+    };
 
     let seed = match raw.seed {
         Some(seed) if seed.is_empty() => {
@@ -540,6 +596,8 @@ fn validate_one(
         hash_attribute: hash_attribute.into(),
         variants: raw.variants.iter().map(|v| Arc::from(v.as_str())).collect(),
         ranges,
+        weights,
+        coverage,
         status: raw.status.unwrap_or(Status::Running),
         fallback,
         forced,

@@ -33,6 +33,9 @@ struct AssignRequest {
     experiments: Option<Vec<String>>,
     #[serde(default)]
     log_exposure: bool,
+    /// Marks logged exposures as load-test traffic (the `synthetic` column).
+    #[serde(default)]
+    synthetic: bool,
 }
 
 #[derive(Serialize)]
@@ -71,7 +74,10 @@ pub async fn post(
         caller,
         &attributes,
         request.experiments,
-        request.log_exposure,
+        Exposure {
+            log: request.log_exposure,
+            synthetic: request.synthetic,
+        },
     )
     .await
 }
@@ -83,14 +89,15 @@ pub async fn get(
 ) -> Result<Response<Body>, ApiError> {
     let mut attributes = Map::new();
     let mut experiments = Vec::new();
-    let mut log_exposure = false;
+    let mut exposure = Exposure::default();
     for (k, v) in url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
         match k.as_ref() {
             "user_id" => {
                 attributes.insert("user_id".into(), Value::String(v.into_owned()));
             }
             "experiment" => experiments.push(v.into_owned()),
-            "log_exposure" => log_exposure = matches!(v.as_ref(), "1" | "true"),
+            "log_exposure" => exposure.log = matches!(v.as_ref(), "1" | "true"),
+            "synthetic" => exposure.synthetic = matches!(v.as_ref(), "1" | "true"),
             other => match other.strip_prefix("attr.") {
                 Some(name) if !name.is_empty() => {
                     attributes.insert(name.to_owned(), Value::String(v.into_owned()));
@@ -107,7 +114,14 @@ pub async fn get(
         }
     }
     let experiments = (!experiments.is_empty()).then_some(experiments);
-    answer(state, caller, &attributes, experiments, log_exposure).await
+    answer(state, caller, &attributes, experiments, exposure).await
+}
+
+/// Whether to log exposures for the assignments answered, and how to mark them.
+#[derive(Debug, Default, Clone, Copy)]
+struct Exposure {
+    log: bool,
+    synthetic: bool,
 }
 
 async fn answer(
@@ -115,7 +129,7 @@ async fn answer(
     caller: &Caller,
     attributes: &Map<String, Value>,
     experiments: Option<Vec<String>>,
-    log_exposure: bool,
+    exposure: Exposure,
 ) -> Result<Response<Body>, ApiError> {
     let config = state.experiments.current();
     let now = chrono::Utc::now();
@@ -146,8 +160,14 @@ async fn answer(
             .increment(1);
         }
     }
-    let exposures_logged = if log_exposure {
-        Some(log_exposures(state, caller, &assignments, now).await?)
+    let exposures_logged = if exposure.log {
+        let user_id = attributes.get("user_id").and_then(Value::as_str);
+        let logged = Logged {
+            config_version: config.version(),
+            user_id,
+            synthetic: exposure.synthetic,
+        };
+        Some(log_exposures(state, caller, &assignments, &logged, now).await?)
     } else {
         None
     };
@@ -161,6 +181,14 @@ async fn answer(
     ))
 }
 
+/// What every exposure logged by one assign request shares.
+struct Logged<'a> {
+    config_version: &'a str,
+    /// The `user_id` attribute, when the request had one.
+    user_id: Option<&'a str>,
+    synthetic: bool,
+}
+
 /// Write an `assignment` event for each exposure, through the ingest path (validated, deduped,
 /// logged before we answer). The event id is derived from unit, experiment, variant and UTC day,
 /// so repeated exposures of a unit on one day are one event.
@@ -168,6 +196,7 @@ async fn log_exposures(
     state: &AppState,
     caller: &Caller,
     assignments: &[Assignment],
+    logged: &Logged<'_>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<usize, ApiError> {
     let day = now.format("%Y-%m-%d").to_string();
@@ -186,9 +215,14 @@ async fn log_exposures(
             "event_id": event_id,
             "type": "assignment",
             "ts": now.timestamp_millis(),
-            "user_id": unit.as_ref(),
+            "user_id": logged.user_id,
+            "unit_attribute": a.hash_attribute.as_ref(),
+            "unit_id": unit.as_ref(),
+            "config_version": logged.config_version,
+            "synthetic": logged.synthetic,
             "experiment": a.experiment.as_ref(),
             "variant": variant.as_ref(),
+            // Kept for readers of the lake before the unit columns existed.
             "props": {"source": "gateway", "hash_attribute": a.hash_attribute.as_ref()},
         });
         let _ = writeln!(body, "{event}");
@@ -216,6 +250,30 @@ async fn log_exposures(
         ));
     }
     Ok(count)
+}
+
+/// `GET /v1/experiments/{key}/health`: the path's prefix.
+pub const HEALTH_PREFIX: &str = "/v1/experiments/";
+
+/// `GET /v1/experiments/{key}/health`: exposed units per variant and the sample-ratio test.
+pub fn health(state: &AppState, path: &str) -> Result<Response<Body>, ApiError> {
+    let not_found = || ApiError::NotFound(format!("GET {path}"));
+    let key = path
+        .strip_prefix(HEALTH_PREFIX)
+        .and_then(|rest| rest.strip_suffix("/health"))
+        .filter(|key| !key.is_empty() && !key.contains('/'))
+        .ok_or_else(not_found)?;
+    let key = percent_encoding::percent_decode_str(key)
+        .decode_utf8()
+        .map_err(|_| not_found())?;
+    let config = state.experiments.current();
+    match state.exposures.report(&config, &key) {
+        Some(report) => Ok(json(StatusCode::OK, &report)),
+        None => Err(ApiError::NotFound(format!(
+            "no experiment {key:?} in config version {}",
+            config.version()
+        ))),
+    }
 }
 
 /// `POST /admin/reload`: reload the experiments file now.

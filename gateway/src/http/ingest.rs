@@ -117,6 +117,8 @@ struct Job {
     received: chrono::DateTime<chrono::Utc>,
     bounds: PartitionBounds,
     source: Option<Arc<str>>,
+    exposures: Arc<crate::srm::ExposureHealth>,
+    experiments: Arc<crate::assign::Experiments>,
 }
 
 async fn ingest_collecting(
@@ -143,6 +145,8 @@ async fn ingest_collecting(
         received,
         bounds: state.pipeline.bounds,
         source: caller.source().cloned(),
+        exposures: state.exposures.clone(),
+        experiments: state.experiments.current(),
     };
     let p = match Decoding::start(encoding, &wire, limits.max_decompressed_bytes)
         .map_err(decompress_error)?
@@ -248,6 +252,7 @@ impl Job {
             })?;
         }
         let fresh = self.dedup.admit(valid, self.received.timestamp_millis());
+        self.exposures.observe(&self.experiments, &fresh);
         let rows = if fresh.accepted() > 0 || !fresh.valid.rejected.is_empty() {
             batch::rows(
                 &fresh,

@@ -44,6 +44,8 @@ pub struct AppState {
     pub keys: Keys,
     /// What requests in flight may hold (the budget's request share).
     pub budget: Arc<MemoryBudget>,
+    /// Distinct exposed units per variant and the live sample-ratio test.
+    pub exposures: Arc<crate::srm::ExposureHealth>,
 }
 
 /// The parts of the pipeline handlers use.
@@ -91,6 +93,8 @@ impl Listener {
 
 /// Connections the admin listener takes at once.
 const ADMIN_CONNECTIONS: usize = 64;
+/// How often every experiment's sample ratio is re-tested (gauges, warnings).
+const SRM_REFRESH: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A prepared gateway with its sockets bound: the addresses are known, nothing served yet.
 #[derive(Debug)]
@@ -175,6 +179,21 @@ async fn serve_with(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow:
         }
     });
     let hangup = tokio::spawn(reload_on_sighup(experiments.clone()));
+    let exposures = Arc::new(crate::srm::ExposureHealth::new(
+        config.srm,
+        &experiments.current(),
+    ));
+    let srm_checks = tokio::spawn({
+        let (exposures, experiments) = (exposures.clone(), experiments.clone());
+        async move {
+            let mut tick = tokio::time::interval(SRM_REFRESH);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                exposures.refresh(&experiments.current());
+            }
+        }
+    });
     let plan = config.memory;
     tracing::info!(
         total_mib = plan.total_bytes >> 20,
@@ -202,6 +221,7 @@ async fn serve_with(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow:
             bounds: pipeline.bounds,
             health: pipeline.health.clone(),
         },
+        exposures: exposures.clone(),
         config,
         metrics,
         experiments,
@@ -240,6 +260,7 @@ async fn serve_with(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow:
     }
     watcher.abort();
     hangup.abort();
+    srm_checks.abort();
     tracing::info!("shutting down: finishing in-flight requests");
     closing.start();
     let graceful = Arc::into_inner(graceful).expect("the accept loops have ended");
@@ -383,6 +404,14 @@ async fn dispatch(
                 (&Method::GET, Ok(caller)) => assign::get(state, &caller, req).await,
                 (&Method::POST | &Method::GET, Err(e)) => Err(e),
                 _ => not_allowed("GET, POST"),
+            },
+        ),
+        p if public && p.starts_with(assign::HEALTH_PREFIX) => (
+            "experiment_health",
+            match (&method, writer()) {
+                (&Method::GET, Ok(_)) => assign::health(state, p),
+                (&Method::GET, Err(e)) => Err(e),
+                _ => not_allowed("GET"),
             },
         ),
         "/admin/reload" if admin => (

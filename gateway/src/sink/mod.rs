@@ -17,6 +17,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use object_store::aws::AmazonS3Builder;
 use object_store::azure::MicrosoftAzureBuilder;
 use object_store::gcp::GoogleCloudStorageBuilder;
@@ -235,6 +237,21 @@ impl Sink {
         }
     }
 
+    /// `experiments/{config_version}-{node_id}.parquet`: the experiments table file of one
+    /// config version as this gateway first served it.
+    pub fn experiments_path(&self, config_version: &str) -> Path {
+        let name = format!("experiments/{config_version}-{}.parquet", self.node_id);
+        if self.prefix.as_ref().is_empty() {
+            Path::from(name)
+        } else {
+            Path::from(format!("{}/{name}", self.prefix))
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
     /// Upload one file, retrying transient errors until it is stored; a permanent error is
     /// returned at once. Every outcome is reported to `health`.
     pub async fn put(
@@ -244,17 +261,29 @@ impl Sink {
         health: &Health,
     ) -> Result<(), SinkError> {
         let path = self.object_path(&file.key, cut_seq);
+        self.put_retrying(&path, &file.bytes, file.rows, health)
+            .await
+    }
+
+    /// Store `bytes` at `path` unless an object is there already (create-only, like every put
+    /// here), with the same retries and reporting as [`Sink::put`].
+    pub async fn put_retrying(
+        &self,
+        path: &Path,
+        bytes: &Bytes,
+        rows: usize,
+        health: &Health,
+    ) -> Result<(), SinkError> {
         let mut attempt = 0;
         loop {
             let started = std::time::Instant::now();
-            match self.put_once(&path, file).await {
+            match self.put_once(path, bytes).await {
                 Ok(()) => {
                     health.storage_ok();
                     metrics::histogram!(crate::metrics::UPLOAD_SECONDS)
                         .record(started.elapsed().as_secs_f64());
-                    metrics::counter!(crate::metrics::UPLOADED_BYTES)
-                        .increment(file.bytes.len() as u64);
-                    metrics::counter!(crate::metrics::UPLOADED_ROWS).increment(file.rows as u64);
+                    metrics::counter!(crate::metrics::UPLOADED_BYTES).increment(bytes.len() as u64);
+                    metrics::counter!(crate::metrics::UPLOADED_ROWS).increment(rows as u64);
                     return Ok(());
                 }
                 Err(e) if is_permanent(&e) => {
@@ -305,12 +334,12 @@ impl Sink {
         }
     }
 
-    async fn put_once(&self, path: &Path, file: &SealedFile) -> Result<(), object_store::Error> {
-        if file.bytes.len() < self.multipart_threshold_bytes {
+    async fn put_once(&self, path: &Path, bytes: &Bytes) -> Result<(), object_store::Error> {
+        if bytes.len() < self.multipart_threshold_bytes {
             let opts = PutOptions::from(PutMode::Create);
             return match self
                 .store
-                .put_opts(path, PutPayload::from_bytes(file.bytes.clone()), opts)
+                .put_opts(path, PutPayload::from_bytes(bytes.clone()), opts)
                 .await
             {
                 Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
@@ -319,7 +348,7 @@ impl Sink {
         }
         let upload = self.store.put_multipart(path).await?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, self.part_bytes);
-        writer.put(file.bytes.clone());
+        writer.put(bytes.clone());
         match writer.finish().await {
             Ok(_) => Ok(()),
             Err(e) => Err(e),

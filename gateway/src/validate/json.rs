@@ -14,7 +14,7 @@ pub(super) enum Scalar<'a> {
     Int(i64),
     UInt(u64),
     Float(f64),
-    Bool,
+    Bool(bool),
     Null,
     Container,
 }
@@ -24,7 +24,7 @@ impl Scalar<'_> {
         match self {
             Scalar::Str(_) => "a string",
             Scalar::Int(_) | Scalar::UInt(_) | Scalar::Float(_) => "a number",
-            Scalar::Bool => "a boolean",
+            Scalar::Bool(_) => "a boolean",
             Scalar::Null => "null",
             Scalar::Container => "an object or array",
         }
@@ -63,8 +63,8 @@ impl<'de> Visitor<'de> for ScalarVisitor {
     fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
         Ok(Scalar::Float(v))
     }
-    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
-        Ok(Scalar::Bool)
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(Scalar::Bool(v))
     }
     fn visit_unit<E>(self) -> Result<Self::Value, E> {
         Ok(Scalar::Null)

@@ -19,7 +19,7 @@ fn a_valid_assignment_borrows_from_the_body() {
     assert!(b.rejected.is_empty(), "{:?}", b.rejected);
     let e = &b.events[0];
     assert!(matches!(e.event_id, Cow::Borrowed("5b0c")));
-    assert!(matches!(e.user_id, Cow::Borrowed("u-123")));
+    assert!(matches!(e.user_id, Some(Cow::Borrowed("u-123"))));
     assert_eq!(e.kind, EventKind::Assignment);
     assert_eq!(e.ts_micros, 1_795_955_696_789_000);
     assert_eq!(e.experiment.as_deref(), Some("checkout_button"));
@@ -44,7 +44,7 @@ fn escaped_strings_are_unescaped() {
         r#"{"event_id":"a\"b","type":"conversion","ts":1764419696789,"user_id":"\u00e9","name":"n"}"#,
     );
     assert_eq!(b.events[0].event_id, "a\"b");
-    assert_eq!(b.events[0].user_id, "é");
+    assert_eq!(b.events[0].user_id.as_deref(), Some("é"));
 }
 
 #[test]
@@ -239,7 +239,7 @@ proptest! {
         let b = one(&text);
         prop_assert_eq!(b.events.len(), 1);
         prop_assert_eq!(b.events[0].event_id.as_ref(), id.as_str());
-        prop_assert_eq!(b.events[0].user_id.as_ref(), user.as_str());
+        prop_assert_eq!(b.events[0].user_id.as_deref(), Some(user.as_str()));
     }
 }
 
@@ -267,4 +267,74 @@ fn props_values_and_keys_have_a_size_limit() {
         "k".repeat(MAX_PROP_KEY_BYTES + 1)
     )));
     assert_eq!(code, RejectCode::InvalidProps);
+}
+
+#[test]
+fn an_assignment_names_its_unit_apart_from_the_user() {
+    let b = one(
+        r#"{"event_id":"d1","type":"assignment","ts":1764419696789,"user_id":"u-9","unit_attribute":"device_id","unit_id":"dev-42","config_version":"0123456789abcdef","experiment":"e","variant":"v","synthetic":true}"#,
+    );
+    assert!(b.rejected.is_empty(), "{:?}", b.rejected);
+    let e = &b.events[0];
+    assert_eq!(e.user_id.as_deref(), Some("u-9"));
+    assert_eq!(e.unit_attribute.as_deref(), Some("device_id"));
+    assert_eq!(e.unit_id.as_deref(), Some("dev-42"));
+    assert_eq!(e.config_version.as_deref(), Some("0123456789abcdef"));
+    assert!(e.synthetic);
+    // An anonymous device: the unit without a user.
+    let b = one(
+        r#"{"event_id":"d2","type":"assignment","ts":1764419696789,"unit_attribute":"device_id","unit_id":"dev-42","experiment":"e","variant":"v"}"#,
+    );
+    assert!(b.rejected.is_empty(), "{:?}", b.rejected);
+    assert_eq!(b.events[0].user_id, None);
+    assert!(!b.events[0].synthetic);
+}
+
+#[test]
+fn unit_fields_come_in_pairs_and_only_on_assignments() {
+    let cases: &[(&str, RejectCode, &str)] = &[
+        (
+            r#"{"event_id":"a","type":"assignment","ts":1764419696789,"unit_id":"d","experiment":"e","variant":"v"}"#,
+            RejectCode::MissingField,
+            "unit_attribute is required",
+        ),
+        (
+            r#"{"event_id":"a","type":"assignment","ts":1764419696789,"user_id":"u","unit_attribute":"device_id","experiment":"e","variant":"v"}"#,
+            RejectCode::MissingField,
+            "unit_id is required",
+        ),
+        (
+            r#"{"event_id":"a","type":"assignment","ts":1764419696789,"experiment":"e","variant":"v"}"#,
+            RejectCode::MissingField,
+            "user_id is required",
+        ),
+        (
+            r#"{"event_id":"a","type":"conversion","ts":1764419696789,"user_id":"u","name":"n","unit_id":"d"}"#,
+            RejectCode::UnknownField,
+            "unit_id is only allowed on assignment events",
+        ),
+        (
+            r#"{"event_id":"a","type":"conversion","ts":1764419696789,"unit_attribute":"device_id","name":"n"}"#,
+            RejectCode::MissingField,
+            "user_id is required",
+        ),
+        (
+            r#"{"event_id":"a","type":"conversion","ts":1764419696789,"user_id":"u","name":"n","synthetic":"yes"}"#,
+            RejectCode::InvalidType,
+            "synthetic must be a boolean, got a string",
+        ),
+        (
+            r#"{"event_id":"a","type":"assignment","ts":1764419696789,"unit_attribute":"","unit_id":"d","experiment":"e","variant":"v"}"#,
+            RejectCode::InvalidValue,
+            "unit_attribute must be 1 to 128 bytes long, got 0",
+        ),
+    ];
+    for (event, code, message) in cases {
+        let (got_code, got_message) = rejection(event);
+        assert_eq!(
+            (got_code, got_message.as_str()),
+            (*code, *message),
+            "{event}"
+        );
+    }
 }
