@@ -1,14 +1,14 @@
-//! The output read by independent readers: DuckDB and pyarrow (from pip), via `lake_check.py`.
+//! The output read by independent readers (DuckDB, pyarrow and polars, from pip), by the Python
+//! checks beside this crate's tests, each given the release gateway binary.
 //!
 //! Python comes from `LAKE_CHECK_PYTHON`, else the workspace's `.venv`, else `python3`; it must
-//! have `duckdb` and `pyarrow` (`python3 -m venv .venv && .venv/bin/pip install duckdb pyarrow`,
-//! which `.ci/run` does). Without them this test fails rather than skipping the check.
+//! have the packages `.ci/run` pins (duckdb, pyarrow, polars, scipy). Without them these tests
+//! fail rather than skipping the check.
 
 use std::path::Path;
 use std::process::Command;
 
-#[test]
-fn duckdb_and_pyarrow_read_the_three_tables() {
+fn python_check(script: &str, modules: &str) {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let venv = manifest.join("../.venv/bin/python");
     let python = std::env::var("LAKE_CHECK_PYTHON").unwrap_or_else(|_| {
@@ -19,19 +19,29 @@ fn duckdb_and_pyarrow_read_the_three_tables() {
         }
     });
     let probe = Command::new(&python)
-        .args(["-c", "import duckdb, pyarrow"])
+        .args(["-c", &format!("import {modules}")])
         .status();
     assert!(
         probe.is_ok_and(|s| s.success()),
-        "{python} lacks duckdb/pyarrow: python3 -m venv .venv && .venv/bin/pip install duckdb pyarrow"
+        "{python} lacks {modules}: run the pip install line of .ci/run"
     );
     let out = Command::new(&python)
-        .arg(manifest.join("tests/lake_check.py"))
+        .arg(manifest.join("tests").join(script))
         .arg(env!("CARGO_BIN_EXE_gateway"))
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "lake check failed:\n{stdout}");
+    assert!(out.status.success(), "{script} failed:\n{stdout}");
     assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}
+
+#[test]
+fn duckdb_and_pyarrow_read_the_three_tables() {
+    python_check("lake_check.py", "duckdb, pyarrow");
+}
+
+#[test]
+fn every_reader_types_a_multi_day_lake_the_same() {
+    python_check("lake_types_check.py", "duckdb, pyarrow, polars");
 }

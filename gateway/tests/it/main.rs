@@ -11,3 +11,4 @@ mod metrics;
 mod outage;
 mod readiness;
 mod s3;
+mod srm;
