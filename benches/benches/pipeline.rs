@@ -11,7 +11,7 @@ use gateway::batch::{self, PartitionBounds};
 use gateway::dedup::{DedupConfig, DedupWindow};
 use gateway::validate::{self, BodyFormat};
 use gateway::wal::LoggedBatch;
-use gateway::writer::{FileWriter, FlushPolicy};
+use gateway::writer::{FileWriter, FlushPolicy, Lane};
 use serde::Deserialize;
 
 const EVENTS: usize = 100;
@@ -104,7 +104,9 @@ fn stages(c: &mut Criterion) {
                     max_rows: usize::MAX,
                     max_bytes: usize::MAX,
                     max_age: Duration::from_secs(3600),
+                    late_max_age: Duration::from_secs(3600),
                 },
+                Lane::Current,
                 0,
             );
             for seq in 1..=100 {

@@ -102,7 +102,15 @@ impl PartitionBounds {
 pub struct PartitionRows {
     pub key: PartitionKey,
     pub batch: RecordBatch,
+    /// The partition is [`LATE_AFTER_HOURS`] or more before the hour the rows were received:
+    /// the file writer buffers them longer, so late traffic does not make a small file in every
+    /// old partition at every cut.
+    pub late: bool,
 }
+
+/// Rows whose partition hour is this many hours or more before their receive hour are late:
+/// the current and the previous hour are not.
+pub const LATE_AFTER_HOURS: i64 = 2;
 
 fn ts_type() -> DataType {
     DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()))
@@ -388,6 +396,7 @@ pub fn rows(
         .map(|(key, columns)| PartitionRows {
             key,
             batch: columns.finish(key.table),
+            late: key.hour <= received_micros.div_euclid(MICROS_PER_HOUR) - LATE_AFTER_HOURS,
         })
         .collect();
     if !fresh.valid.rejected.is_empty() {
@@ -435,6 +444,7 @@ fn rejected_rows(
         },
         batch: RecordBatch::try_new(Table::Rejected.schema(), columns)
             .expect("columns follow the rejected schema"),
+        late: false,
     }
 }
 

@@ -138,7 +138,8 @@ pub struct MemoryPlan {
     pub baseline_bytes: usize,
     pub dedup_bytes: usize,
     /// Parquet files: those being built, one waiting and one uploading (each up to
-    /// `flush.max_bytes`), with room for buffer growth.
+    /// `flush.max_bytes`), with room for buffer growth; and the late lane's buffer and sealed
+    /// cut (each up to a quarter of `flush.max_bytes`).
     pub writer_bytes: usize,
     pub wal_group_bytes: usize,
     pub connection_bytes: usize,
@@ -156,7 +157,9 @@ impl MemoryPlan {
         connections: usize,
         max_header_bytes: usize,
     ) -> Option<Self> {
-        let writer_bytes = flush_max_bytes.saturating_mul(4);
+        let writer_bytes = flush_max_bytes
+            .saturating_mul(4)
+            .saturating_add(flush_max_bytes / 2);
         let connection_bytes = connections.saturating_mul(connection_bytes(max_header_bytes));
         let fixed = [
             BASELINE_BYTES,

@@ -139,6 +139,7 @@ pub struct RawFlush {
     pub max_rows: Option<usize>,
     pub max_bytes: Option<usize>,
     pub max_age_secs: Option<u64>,
+    pub late_max_age_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -409,7 +410,7 @@ fn memory_plan(
             field: "limits.memory_budget_bytes",
             reason: format!(
                 "{} bytes cannot hold the fixed parts (dedup window {} for dedup.max_ids, \
-                 Parquet files 4 x flush.max_bytes, {} connections) and one request of \
+                 Parquet files 4.5 x flush.max_bytes, {} connections) and one request of \
                  limits.max_decompressed_bytes ({largest} in flight); raise it or lower those",
                 limits.memory_budget_bytes,
                 dedup.memory_bytes(),
@@ -514,6 +515,10 @@ impl RawConfig {
             max_age: Duration::from_secs(positive(
                 "flush.max_age_secs",
                 self.flush.max_age_secs.unwrap_or(60),
+            )?),
+            late_max_age: Duration::from_secs(positive(
+                "flush.late_max_age_secs",
+                self.flush.late_max_age_secs.unwrap_or(3600),
             )?),
         };
         let partition = PartitionBounds {

@@ -120,7 +120,7 @@ fn register() {
 }
 
 fn describe() {
-    describe_counter!(EVENTS_ACCEPTED, "Events accepted and logged, by type.");
+    describe_counter!(EVENTS_ACCEPTED, "Events accepted and logged.");
     describe_counter!(
         EVENTS_DUPLICATE,
         "Events dropped as duplicates of a recent event_id."
@@ -147,6 +147,11 @@ fn describe() {
     );
     describe_counter!(WAL_ERRORS, "Failed write-ahead log appends.");
     describe_counter!(CUTS, "Cuts of buffered rows into Parquet files.");
+    describe_counter!(
+        CUTS_DEHYDRATED,
+        "Cuts whose file bytes were dropped while the uploader was behind, to be rebuilt from \
+         the write-ahead log when uploaded."
+    );
     describe_gauge!(
         DURABLE_SEQ,
         "Highest log sequence whose rows are all in object storage."

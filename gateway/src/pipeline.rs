@@ -27,7 +27,9 @@ use crate::sink::{Backoff, Sink};
 use crate::validate;
 use crate::wal::cuts::CutLog;
 use crate::wal::{BatchRecord, LoggedBatch, WalHandle, WalWriter, list_segments, open_segments};
-use crate::writer::{Cut, FileWriter, FlushPolicy, HYDRATED_CUTS, SealedFile};
+use crate::writer::{
+    Cut, FileWriter, FlushPolicy, HYDRATED_CUTS, Lane, Lanes, LogPressure, SealedFile,
+};
 
 /// Logged batches waiting for the file writer.
 const LOGGED_QUEUE: usize = 4096;
@@ -83,7 +85,18 @@ pub async fn start(
     let catalog =
         served.map(|rx| tokio::spawn(crate::catalog::run(rx, sink.clone(), health.clone())));
 
-    let (cut_log, cut_state) = CutLog::open(&state_dir.join("cuts.log"))?;
+    // One journal per writer lane; a late journal first met here starts where the current
+    // one is (before lanes, every row was cut in the current lane).
+    let (current_log, current_state) = CutLog::open(&state_dir.join(Lane::Current.journal()))?;
+    let late_path = state_dir.join(Lane::Late.journal());
+    let first_late = !late_path.exists();
+    let (mut late_log, mut late_state) = CutLog::open(&late_path)?;
+    if first_late {
+        late_log.done(current_state.durable)?;
+        late_state.durable = current_state.durable;
+    }
+    let states = [current_state, late_state];
+    let durable = [states[0].durable, states[1].durable];
     let wal_dir = state_dir.join("wal");
     let segments = open_segments(&wal_dir)?;
     let dedup = Arc::new(DedupWindow::new(config.dedup));
@@ -96,7 +109,10 @@ pub async fn start(
         health: health.clone(),
         rx: cut_rx,
         sink,
-        cut_log: Arc::new(Mutex::new(cut_log)),
+        journals: Arc::new(Mutex::new(Journals {
+            logs: [current_log, late_log],
+            durable,
+        })),
         wal_dir: wal_dir.clone(),
         wal_bytes: wal_bytes.clone(),
         concurrency: config.upload.concurrency,
@@ -113,36 +129,50 @@ pub async fn start(
         }
     }
 
-    // Replay: rebuild the rows of every record not yet durable, cutting where the journal says.
-    let mut writer = FileWriter::new(config.flush, cut_state.durable);
+    // Replay: rebuild each lane's rows of every record it has not made durable, cutting where
+    // its journal says.
+    let pressure = LogPressure {
+        log_bytes: wal_bytes.clone(),
+        limit_bytes: config.wal.disk_budget_bytes / 4,
+    };
+    let mut lanes = Lanes::new(config.flush, durable, Some(pressure));
     let mut replayed = 0u64;
-    let mut pending = cut_state.pending.iter().copied().peekable();
-    for record in segments.replay(cut_state.durable) {
+    let mut pending = states.map(|s| s.pending.into_iter().peekable());
+    let start = durable[0].min(durable[1]);
+    for record in segments.replay(start) {
         let record = record?;
         let seq = record.seq;
         let (rows, keys) = record_rows(&record, config.limits.max_decompressed_bytes)
             .with_context(|| format!("replaying log record {seq}"))?;
         dedup.remember(keys, record.received_micros / 1000, now_ms);
-        writer.add(LoggedBatch {
-            seq,
-            rows,
-            hold: None,
-        })?;
-        replayed += 1;
-        while pending.next_if(|&p| p <= seq).is_some() {
-            if let Some(cut) = writer.cut()? {
-                send_cut(&cut_tx, cut);
+        let (late, current): (Vec<_>, Vec<_>) = rows.into_iter().partition(|r| r.late);
+        let now = std::time::Instant::now();
+        for (lane, rows) in [(Lane::Current, current), (Lane::Late, late)] {
+            if seq > durable[lane.index()] {
+                lanes.lane(lane).add_rows(seq, rows, now)?;
+            }
+            while pending[lane.index()].next_if(|&p| p <= seq).is_some() {
+                if let Some(cut) = lanes.lane(lane).cut()? {
+                    send_cut(&cut_tx, cut);
+                }
             }
         }
+        replayed += 1;
     }
-    // Whatever remains after the last pending cut goes out now rather than waiting for a policy.
-    if let Some(cut) = writer.cut()? {
+    // What remains after the last pending cut goes out now rather than waiting for a policy;
+    // late rows wait for theirs.
+    if let Some(cut) = lanes.current.cut()? {
+        send_cut(&cut_tx, cut);
+    }
+    if lanes.late.rows() == 0
+        && let Some(cut) = lanes.late.cut()?
+    {
         send_cut(&cut_tx, cut);
     }
     if replayed > 0 {
         tracing::info!(
             records = replayed,
-            after = cut_state.durable,
+            after = start,
             "replayed write-ahead log"
         );
     }
@@ -154,7 +184,7 @@ pub async fn start(
             let health = health.clone();
             move || {
                 let guard = StageGuard::new(&health, Stage::FileWriter);
-                match writer.run(logged_rx, cut_tx) {
+                match lanes.run(logged_rx, cut_tx) {
                     Ok(()) => guard.finish(),
                     Err(e) => guard.fail(format!("{e}; rows stay in the write-ahead log")),
                 }
@@ -262,16 +292,18 @@ fn record_rows(
     ))
 }
 
-/// Rebuild the files of a dehydrated cut from the log: the rows of records `after+1..=seq`.
+/// Rebuild the files of a dehydrated cut from the log: the lane's rows of records
+/// `after+1..=seq`.
 /// Those records are synced and whole; the writer may be appending past them meanwhile.
 fn rehydrate(
     wal_dir: &Path,
+    lane: Lane,
     after: u64,
     seq: u64,
     flush: FlushPolicy,
     max_decompressed: usize,
 ) -> anyhow::Result<Vec<SealedFile>> {
-    let mut writer = FileWriter::new(flush, after);
+    let mut writer = FileWriter::new(flush, lane, after);
     let mut last = after;
     for record in list_segments(wal_dir)?.replay(after) {
         match record {
@@ -301,7 +333,7 @@ struct Uploader {
     health: Arc<Health>,
     rx: flume::Receiver<Cut>,
     sink: Sink,
-    cut_log: Arc<Mutex<CutLog>>,
+    journals: Arc<Mutex<Journals>>,
     wal_dir: PathBuf,
     wal_bytes: Arc<AtomicU64>,
     concurrency: usize,
@@ -321,29 +353,35 @@ async fn upload_loop(u: Uploader) {
     }
 }
 
+/// Both lanes' cut journals, and how far each lane is in storage.
+struct Journals {
+    logs: [CutLog; 2],
+    durable: [u64; 2],
+}
+
 async fn upload_cuts(u: &Uploader) -> Result<(), String> {
     while let Ok(cut) = u.rx.recv_async().await {
-        let seq = cut.seq;
+        let (seq, lane) = (cut.seq, cut.lane);
         let files = match cut.files {
             Some(files) => files,
             None => {
                 let (dir, flush, max) = (u.wal_dir.clone(), u.flush, u.max_decompressed);
                 let after = cut.after;
-                tokio::task::spawn_blocking(move || rehydrate(&dir, after, seq, flush, max))
+                tokio::task::spawn_blocking(move || rehydrate(&dir, lane, after, seq, flush, max))
                     .await
                     .map_err(|e| format!("rebuilding cut {seq} from the log panicked: {e}"))?
                     .map_err(|e| format!("cannot rebuild cut {seq} from the log: {e:#}"))?
             }
         };
         // Without the journal entry a crash could re-cut differently: do not upload.
-        journal(&u.cut_log, seq, false)
+        journal(&u.journals, lane, seq, false)
             .await
             .map_err(|e| format!("cannot journal cut {seq}: {e}"))?;
         let count = files.len();
         let results = futures::stream::iter(files)
             .map(|file| {
                 let (sink, health) = (u.sink.clone(), u.health.clone());
-                async move { sink.put(&file, seq, &health).await }
+                async move { sink.put(&file, seq, lane, &health).await }
             })
             .buffer_unordered(u.concurrency)
             .collect::<Vec<_>>()
@@ -351,7 +389,8 @@ async fn upload_cuts(u: &Uploader) -> Result<(), String> {
         if let Some(e) = results.into_iter().find_map(Result::err) {
             return Err(format!("upload of cut {seq} failed permanently: {e}"));
         }
-        journal(&u.cut_log, seq, true)
+        // Records are in storage once both lanes have cut past them.
+        let seq = journal(&u.journals, lane, seq, true)
             .await
             .map_err(|e| format!("cannot journal finished cut {seq}: {e}"))?;
         metrics::gauge!(crate::metrics::DURABLE_SEQ).set(seq as f64);
@@ -379,11 +418,25 @@ async fn upload_cuts(u: &Uploader) -> Result<(), String> {
     Ok(())
 }
 
-async fn journal(log: &Arc<Mutex<CutLog>>, seq: u64, done: bool) -> std::io::Result<()> {
-    let log = log.clone();
+/// Journal `cut seq` or `done seq` for `lane`; returns the sequence every record up to which is
+/// in storage (the lesser of the lanes' durable points).
+async fn journal(
+    journals: &Arc<Mutex<Journals>>,
+    lane: Lane,
+    seq: u64,
+    done: bool,
+) -> std::io::Result<u64> {
+    let journals = journals.clone();
     tokio::task::spawn_blocking(move || {
-        let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-        if done { log.done(seq) } else { log.begin(seq) }
+        let mut j = journals.lock().unwrap_or_else(|p| p.into_inner());
+        let i = lane.index();
+        if done {
+            j.logs[i].done(seq)?;
+            j.durable[i] = j.durable[i].max(seq);
+        } else {
+            j.logs[i].begin(seq)?;
+        }
+        Ok(j.durable[0].min(j.durable[1]))
     })
     .await
     .map_err(std::io::Error::other)?

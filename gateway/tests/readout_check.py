@@ -29,12 +29,15 @@ and after it (repeated rows in the lake), gateway exposures repeated the same da
 event_id), and synthetic exposures and conversions (must be excluded).
 
 The exact counts (units, converting units, revenue sums, expected units, exclusions) must equal
-the generator's own. The planted rates must lie inside the reported 95% intervals; each interval
-misses with probability ~5%, so this is a statement about the fixed seed (SEED below): with it,
-all ten intervals cover. The planted rate of a variant is the mean of its units' true conversion
+the generator's own. The planted conversion rates and revenue means must lie inside the reported
+95% intervals. The planted rate of a variant is the mean of its units' true conversion
 probabilities (a user converts with the rate of the variant of their first device; a device with
-no known user has probability 0), about 1,500 units per variant for checkout_button and 500 to
-1,000 for device_theme, enough for the Wilson and CLT intervals to have their nominal coverage.
+no known user has probability 0). With about 1,500 units per variant for checkout_button and 500
+to 1,200 for device_theme (40 to 200 converting units), the Wilson and CLT intervals covered in
+92-96% of 300 other seeds, so all ten cover in only about two seeds of three: this part is a
+statement about the fixed SEED, the first seed of 1, 2, 3, ... whose ten estimates are all within
+1.5 standard errors of the planted values (with SEED = 3: within 1.3), so that it does not hinge
+on one borderline interval. The counts are exact for every seed.
 
 Prints ok/FAIL lines, exits 1 on any failure. `--sql FILE` runs the readout with another query,
 to see the check fail when the query is broken.
@@ -47,6 +50,7 @@ import json
 import math
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,7 +65,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SEED = 20261129
+SEED = 3
 ROOT = Path(__file__).resolve().parents[2]
 READOUT = ROOT / "analysis" / "readout.py"
 DAY_MS = 86_400_000
@@ -73,6 +77,7 @@ EXPERIMENTS_V1 = {"experiments": [
      "variants": ["light", "dark", "high_contrast"], "weights": [0.5, 0.3, 0.2]},
     {"key": "srm_probe", "variants": ["control", "treatment"], "weights": [0.5, 0.5]},
 ]}
+HASH_ATTRIBUTE = {e["key"]: e.get("hash_attribute", "user_id") for e in EXPERIMENTS_V1["experiments"]}
 EXPERIMENTS_V2 = json.loads(json.dumps(EXPERIMENTS_V1))
 EXPERIMENTS_V2["experiments"][1]["weights"] = [0.4, 0.3, 0.3]
 
@@ -232,8 +237,7 @@ class Direct:
                             variant = name
                         start += w
                 answers.append({"experiment": e["key"], "variant": variant or e["variants"][0],
-                                "in_experiment": variant is not None, "hash_attribute": attr,
-                                "hash_value": unit})
+                                "in_experiment": variant is not None})
                 if log and variant:
                     day = time.strftime("%Y-%m-%d", time.gmtime(lo / 1000))
                     digest = hashlib.sha256(f"{unit}\x1f{e['key']}\x1f{variant}\x1f{day}".encode())
@@ -328,7 +332,7 @@ class Truth:
     def __init__(self):
         self.exposures = defaultdict(list)   # (experiment, unit) -> [Exposure], excluded rows not
         self.purchases = defaultdict(list)   # user -> [(ts, value)], synthetic ones not
-        self.planted = {}                    # user -> (conversion probability, revenue mean)
+        self.planted = {}                    # user -> (rate, revenue per unit, mean purchase value)
         self.weights = {}                    # config version -> {experiment: {variant: weight}}
         self.first_version = None
 
@@ -413,7 +417,8 @@ class Traffic:
             for a in answer["assignments"]:
                 assert a["in_experiment"], a
                 if log:
-                    self.truth.exposures[(a["experiment"], a["hash_value"])].append(
+                    unit = dict(attributes, user_id=user_id)[HASH_ATTRIBUTE[a["experiment"]]]
+                    self.truth.exposures[(a["experiment"], unit)].append(
                         Exposure(lo, hi, a["variant"], user_id, answer["config_version"]))
         return answers
 
@@ -699,6 +704,10 @@ def main():
                           + (["--sql", args.sql] if args.sql else []), capture_output=True, text=True)
     check("the table output prints", text.returncode == 0 and "SRM" in text.stdout, text.stderr[-2000:])
 
+    if CHECKS["failed"]:
+        print(f"the lake is kept in {lake}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
     print(f"{CHECKS['passed']} passed, {CHECKS['failed']} failed")
     return 1 if CHECKS["failed"] else 0
 

@@ -45,9 +45,12 @@ impl Stack {
         }
     }
 
-    async fn stop(self) {
+    /// Stops both servers; the returned folder (lake and state) lives as long as the caller
+    /// keeps it.
+    async fn stop(self) -> TempDir {
         self.target.shutdown().await;
         self.gateway.shutdown().await.unwrap();
+        self.dir
     }
 
     /// Writes `profile` and runs `harness run` on it; returns the exit code, the parsed
@@ -169,7 +172,48 @@ async fn an_a_a_run_is_not_a_regression() {
         assert_eq!(v["errors"], 0, "{v}");
     }
     assert_eq!(summary["comparisons"].as_array().unwrap().len(), 3);
-    stack.stop().await;
+    let dir = stack.stop().await;
+    let data = dir.path().join("data");
+    // Everything the harness wrote is marked as load-test traffic, so readouts leave it out.
+    let mut rows = 0;
+    for table in ["assignments", "conversions"] {
+        for (n, synthetic) in synthetic_column(&data.join(table)) {
+            assert!(
+                synthetic,
+                "{table}: a harness event without synthetic = true"
+            );
+            rows += n;
+        }
+    }
+    assert!(rows > 100, "{rows}");
+}
+
+/// (rows, all synthetic) of every Parquet file under `dir`.
+fn synthetic_column(dir: &std::path::Path) -> Vec<(usize, bool)> {
+    use arrow_array::cast::AsArray;
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "parquet") {
+                let file = std::fs::File::open(&path).unwrap();
+                let reader =
+                    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+                        .unwrap()
+                        .build()
+                        .unwrap();
+                for batch in reader {
+                    let batch = batch.unwrap();
+                    let col = batch.column_by_name("synthetic").unwrap().as_boolean();
+                    out.push((batch.num_rows(), col.true_count() == batch.num_rows()));
+                }
+            }
+        }
+    }
+    out
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

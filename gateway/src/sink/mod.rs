@@ -31,7 +31,7 @@ use object_store::{
 
 use crate::batch::PartitionKey;
 use crate::health::Health;
-use crate::writer::SealedFile;
+use crate::writer::{Lane, SealedFile};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
@@ -228,8 +228,18 @@ impl Sink {
         &self.store
     }
 
-    pub fn object_path(&self, key: &PartitionKey, cut_seq: u64) -> Path {
-        let name = format!("{}/part-{}-{cut_seq:020}.parquet", key.path(), self.node_id);
+    /// `part-{node_id}-{cut_seq:020}.parquet`, and `...-late.parquet` for the late lane's cuts
+    /// (the two lanes cut independently, so one sequence may name a cut of each).
+    pub fn object_path(&self, key: &PartitionKey, cut_seq: u64, lane: Lane) -> Path {
+        let suffix = match lane {
+            Lane::Current => "",
+            Lane::Late => "-late",
+        };
+        let name = format!(
+            "{}/part-{}-{cut_seq:020}{suffix}.parquet",
+            key.path(),
+            self.node_id
+        );
         if self.prefix.as_ref().is_empty() {
             Path::from(name)
         } else {
@@ -258,9 +268,10 @@ impl Sink {
         &self,
         file: &SealedFile,
         cut_seq: u64,
+        lane: Lane,
         health: &Health,
     ) -> Result<(), SinkError> {
-        let path = self.object_path(&file.key, cut_seq);
+        let path = self.object_path(&file.key, cut_seq, lane);
         self.put_retrying(&path, &file.bytes, file.rows, health)
             .await
     }
@@ -377,7 +388,7 @@ mod tests {
     fn object_names_are_hive_partitioned_and_derived_from_the_cut() {
         let (store, prefix) = open_store("memory:///lake/events", &[]).unwrap();
         let sink = Sink::new(store, prefix, "n1".into());
-        let path = sink.object_path(&file(1).key, 42);
+        let path = sink.object_path(&file(1).key, 42, Lane::Current);
         assert_eq!(
             path.as_ref(),
             "lake/events/conversions/date=2025-11-29/hour=12/part-n1-00000000000000000042.parquet"
@@ -389,8 +400,12 @@ mod tests {
         let (store, prefix) = open_store("memory://", &[]).unwrap();
         let sink = Sink::new(store.clone(), prefix, "n1".into());
         let health = Health::new();
-        sink.put(&file(10), 1, &health).await.unwrap();
-        sink.put(&file(10), 1, &health).await.unwrap();
+        sink.put(&file(10), 1, Lane::Current, &health)
+            .await
+            .unwrap();
+        sink.put(&file(10), 1, Lane::Current, &health)
+            .await
+            .unwrap();
         let listed: Vec<_> = futures::StreamExt::collect::<Vec<_>>(store.list(None)).await;
         assert_eq!(listed.len(), 1);
     }
@@ -401,9 +416,11 @@ mod tests {
         let (store, prefix) = open_store(dir.path().to_str().unwrap(), &[]).unwrap();
         let sink = Sink::new(store.clone(), prefix, "n1".into()).with_multipart(1 << 20, 5 << 20);
         let f = file(11 << 20);
-        sink.put(&f, 3, &Health::new()).await.unwrap();
+        sink.put(&f, 3, Lane::Current, &Health::new())
+            .await
+            .unwrap();
         let got = store
-            .get(&sink.object_path(&f.key, 3))
+            .get(&sink.object_path(&f.key, 3, Lane::Current))
             .await
             .unwrap()
             .bytes()

@@ -45,3 +45,8 @@ fn duckdb_and_pyarrow_read_the_three_tables() {
 fn every_reader_types_a_multi_day_lake_the_same() {
     python_check("lake_types_check.py", "duckdb, pyarrow, polars");
 }
+
+#[test]
+fn the_readout_finds_the_truth_a_generated_lake_planted() {
+    python_check("readout_check.py", "duckdb, pyarrow, scipy");
+}

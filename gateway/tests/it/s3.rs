@@ -137,11 +137,21 @@ async fn events_land_in_s3_as_parquet_including_multipart_uploads() {
     let (store, _) = gateway::sink::open_store(&format!("s3://{BUCKET}"), &options).unwrap();
     let objects: Vec<_> = store.list(None).try_collect().await.unwrap();
     let names: Vec<String> = objects.iter().map(|o| o.location.to_string()).collect();
-    assert_eq!(names.len(), 3, "{names:?}");
+    // A file per event table, and the experiments table of the served config.
+    assert_eq!(names.len(), 4, "{names:?}");
     assert!(
         names
             .iter()
-            .all(|n| n.starts_with("events/") && n.contains("/date=") && n.ends_with(".parquet"))
+            .all(|n| n.starts_with("events/") && n.ends_with(".parquet"))
+    );
+    assert_eq!(
+        names.iter().filter(|n| n.contains("/date=")).count(),
+        3,
+        "{names:?}"
+    );
+    assert!(
+        names.iter().any(|n| n.starts_with("events/experiments/")),
+        "{names:?}"
     );
     let mut rows_read = 0;
     for o in &objects {
@@ -180,10 +190,14 @@ async fn a_repeated_upload_of_a_cut_is_a_conditional_put_that_keeps_the_first() 
         bytes: bytes::Bytes::from_static(bytes),
     };
     let health = gateway::health::Health::new();
-    sink.put(&file(b"first"), 7, &health).await.unwrap();
+    sink.put(&file(b"first"), 7, gateway::writer::Lane::Current, &health)
+        .await
+        .unwrap();
     // A replay of the same cut: If-None-Match makes it a no-op, not an error and not a copy.
-    sink.put(&file(b"second"), 7, &health).await.unwrap();
-    let path = sink.object_path(&file(b"").key, 7);
+    sink.put(&file(b"second"), 7, gateway::writer::Lane::Current, &health)
+        .await
+        .unwrap();
+    let path = sink.object_path(&file(b"").key, 7, gateway::writer::Lane::Current);
     let got = store.get(&path).await.unwrap().bytes().await.unwrap();
     assert_eq!(&got[..], b"first");
     let objects: Vec<_> = store.list(None).try_collect().await.unwrap();

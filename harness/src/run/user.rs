@@ -225,6 +225,7 @@ fn finish_unit(shared: &Shared, state: &mut UserState, unit: &Unit) {
                 "value": events.conversion_value,
                 "experiment": shared.profile.experiment,
                 "variant": shared.profile.variants[unit.variant],
+                "synthetic": true,
             }),
         );
     }
@@ -281,6 +282,7 @@ async fn new_unit(
             "attributes": {},
             "experiments": [profile.experiment],
             "log_exposure": profile.log_exposure,
+            "synthetic": true,
         });
         let sent = Instant::now();
         let response = user
@@ -344,6 +346,8 @@ async fn new_unit(
                 "user_id": id,
                 "experiment": profile.experiment,
                 "variant": profile.variants[variant],
+                // Load-test traffic: readouts of the lake leave it out.
+                "synthetic": true,
             }),
         );
         return Ok(Some(Unit {
