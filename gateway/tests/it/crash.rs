@@ -17,9 +17,10 @@ use crate::s3::{BUCKET, S3Server};
 
 const KILLS: usize = 24;
 
-/// Whether the cut journal ends with a cut that was started but not finished.
-fn cut_pending(state: &Path) -> bool {
-    let text = std::fs::read_to_string(state.join("cuts.log")).unwrap_or_default();
+/// Whether a lane's cut journal (`cuts.log`, `late-cuts.log`) ends with a cut that was started
+/// but not finished.
+fn journal_pending(state: &Path, journal: &str) -> bool {
+    let text = std::fs::read_to_string(state.join(journal)).unwrap_or_default();
     let mut started = BTreeSet::new();
     for line in text.lines() {
         match line.split_once(' ') {
@@ -33,6 +34,20 @@ fn cut_pending(state: &Path) -> bool {
         }
     }
     !started.is_empty()
+}
+
+fn cut_pending(state: &Path) -> bool {
+    journal_pending(state, "cuts.log") || journal_pending(state, "late-cuts.log")
+}
+
+/// Every fifth event is late (2 to 31 hours old), so the late lane's cuts meet the kills too.
+fn event(id: &str, index: usize, t: i64) -> Value {
+    let back = if index % 5 == 0 {
+        (2 + (index as i64 / 5) % 30) * 3_600_000
+    } else {
+        0
+    };
+    assignment(id, t - back)
 }
 
 #[derive(Default)]
@@ -60,7 +75,11 @@ async fn post_until_error(
                 .pop()
                 .unwrap_or_else(|| (0..50).map(|_| next_id()).collect())
         };
-        let events: Vec<Value> = ids.iter().map(|id| assignment(id, t)).collect();
+        let events: Vec<Value> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| event(id, i, t))
+            .collect();
         let resp = client
             .post(format!("{base}/v1/events"))
             .header("content-type", "application/json")
@@ -91,7 +110,10 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
         toml.push_str(&format!("{k} = \"{v}\"\n"));
     }
     // Cut often and roll segments often, so kills meet cuts, uploads and retirement.
-    toml.push_str("[flush]\nmax_age_secs = 1\nmax_rows = 20000\n[wal]\nsegment_bytes = 65536\n");
+    toml.push_str(
+        "[flush]\nmax_age_secs = 1\nlate_max_age_secs = 2\nmax_rows = 20000\n\
+         [wal]\nsegment_bytes = 65536\n",
+    );
     toml.push_str("[upload]\nmultipart_threshold_bytes = 8192\n");
     let state_dir = state.path().join("state");
     std::fs::write(&config, toml).unwrap();
@@ -169,4 +191,15 @@ async fn acknowledged_events_survive_sigkill_exactly_once() {
         &doubled[..doubled.len().min(10)]
     );
     assert!(ledger.acked.len() > 10_000, "the client barely got through");
+    let lake = s3.root.path().join(BUCKET).join("crash");
+    let files = parquet_files(&lake, "assignments");
+    let late = files
+        .iter()
+        .filter(|p| p.to_string_lossy().ends_with("-late.parquet"))
+        .count();
+    println!(
+        "crash test: {} files, {late} from the late lane",
+        files.len()
+    );
+    assert!(late > 0 && late < files.len(), "both lanes were exercised");
 }
