@@ -42,7 +42,7 @@ fn cut_pending(state: &Path) -> bool {
 
 /// Every fifth event is late (2 to 31 hours old), so the late lane's cuts meet the kills too.
 fn event(id: &str, index: usize, t: i64) -> Value {
-    let back = if index % 5 == 0 {
+    let back = if index.is_multiple_of(5) {
         (2 + (index as i64 / 5) % 30) * 3_600_000
     } else {
         0
