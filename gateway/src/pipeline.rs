@@ -101,6 +101,9 @@ pub async fn start(
     let segments = open_segments(&wal_dir)?;
     let dedup = Arc::new(DedupWindow::new(config.dedup));
     let wal_bytes = Arc::new(AtomicU64::new(segments.bytes));
+    // What a restart found, rather than zeros until the first write and the first cut.
+    metrics::gauge!(crate::metrics::WAL_BYTES).set(segments.bytes as f64);
+    metrics::gauge!(crate::metrics::DURABLE_SEQ).set(durable[0].min(durable[1]) as f64);
 
     // Unbounded, but only the first HYDRATED_CUTS entries hold file bytes; the rest are a few
     // numbers each, and their count is bounded by the log's disk budget.

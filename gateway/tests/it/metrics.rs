@@ -119,4 +119,19 @@ async fn metrics_exist_from_the_start_and_count_known_traffic() {
         Some(2.0)
     );
     stop_gracefully(child);
+
+    // A restart reports the log it found and how far storage is, before any traffic.
+    let (child, base) = start_gateway(&config, &dir.path().join("state"));
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let durable = value(&text, "gateway_durable_seq").unwrap();
+    assert!(durable >= 1.0, "the logged record is durable: {durable}");
+    assert!(value(&text, "gateway_wal_bytes").unwrap() > 0.0, "{text}");
+    stop_gracefully(child);
 }
