@@ -77,6 +77,32 @@ pub struct RawConfig {
     pub auth: RawAuth,
     #[serde(default)]
     pub srm: RawSrm,
+    #[serde(default)]
+    pub growthbook: RawGrowthbook,
+    #[serde(default)]
+    pub cors: RawCors,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGrowthbook {
+    #[serde(default)]
+    pub client_keys: Vec<RawClientKey>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientKey {
+    pub key: String,
+    pub decryption_key: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCors {
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    pub max_age_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -229,6 +255,36 @@ pub struct WalConfig {
     pub queue_len: usize,
 }
 
+/// One GrowthBook SDK client key: `GET /api/features/{key}` serves the experiments as a
+/// GrowthBook payload. Client keys are public (browsers send them), so they are stored as is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientKey {
+    pub key: String,
+    /// AES-128 key (16 bytes, given base64 as GrowthBook shows it): the payload is served as
+    /// `encryptedFeatures` instead of `features`.
+    pub decryption_key: Option<[u8; 16]>,
+}
+
+/// Which browser origins may call the assign and payload routes (CORS).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CorsConfig {
+    /// Exact origins (`https://app.example.com`), or `*` for any. Empty (the default): no CORS
+    /// headers, browsers on other origins cannot read the answers.
+    pub allowed_origins: Vec<String>,
+    /// How long a browser may cache a preflight answer. Default 600 s.
+    pub max_age_secs: u64,
+}
+
+impl CorsConfig {
+    /// The `Access-Control-Allow-Origin` value for a request from `origin`, if it is allowed.
+    pub fn allow<'a>(&'a self, origin: &'a str) -> Option<&'a str> {
+        self.allowed_origins
+            .iter()
+            .find(|o| *o == "*" || o.as_str() == origin)
+            .map(|o| if o == "*" { "*" } else { origin })
+    }
+}
+
 /// Upload settings.
 #[derive(Debug, Clone, Copy)]
 pub struct UploadConfig {
@@ -280,6 +336,9 @@ pub struct Config {
     /// Live sample-ratio checks: p < 0.001 is a mismatch; 8,192 units per variant counted
     /// exactly, then estimated; no verdict under 100 units.
     pub srm: SrmConfig,
+    /// GrowthBook SDK client keys (`GET /api/features/{key}`); none by default.
+    pub growthbook_client_keys: Vec<ClientKey>,
+    pub cors: CorsConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -608,6 +667,8 @@ impl RawConfig {
         }
         let memory = memory_plan(&limits, &dedup, &flush, &http)?;
         let auth = auth_config(self.auth, &limits)?;
+        let growthbook_client_keys = client_keys(self.growthbook)?;
+        let cors = cors_config(self.cors)?;
         let listen = self
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
@@ -654,8 +715,79 @@ impl RawConfig {
             shutdown_timeout: Duration::from_secs(self.shutdown_timeout_secs.unwrap_or(30)),
             ack: self.ack.unwrap_or(AckMode::Durable),
             srm,
+            growthbook_client_keys,
+            cors,
         })
     }
+}
+
+fn client_keys(raw: RawGrowthbook) -> Result<Vec<ClientKey>, ConfigError> {
+    let invalid = |field, reason| Err(ConfigError::Invalid { field, reason });
+    let mut keys: Vec<ClientKey> = Vec::with_capacity(raw.client_keys.len());
+    for k in raw.client_keys {
+        let usable = |c: char| c.is_ascii_alphanumeric() || "-_.".contains(c);
+        if k.key.is_empty() || k.key.len() > 128 || !k.key.chars().all(usable) {
+            return invalid(
+                "growthbook.client_keys.key",
+                format!("{:?} must be 1 to 128 of A-Z a-z 0-9 - _ .", k.key),
+            );
+        }
+        if keys.iter().any(|other| other.key == k.key) {
+            return invalid(
+                "growthbook.client_keys.key",
+                format!("{:?} is listed twice", k.key),
+            );
+        }
+        let decryption_key = match k.decryption_key {
+            None => None,
+            Some(b64) => {
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(b64.trim())
+                    .ok()
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok());
+                match bytes {
+                    Some(key) => Some(key),
+                    None => {
+                        return invalid(
+                            "growthbook.client_keys.decryption_key",
+                            format!(
+                                "the key of client {:?} must be 16 bytes in base64 (an AES-128 \
+                                 key, as `openssl rand -base64 16` prints)",
+                                k.key
+                            ),
+                        );
+                    }
+                }
+            }
+        };
+        keys.push(ClientKey {
+            key: k.key,
+            decryption_key,
+        });
+    }
+    Ok(keys)
+}
+
+fn cors_config(raw: RawCors) -> Result<CorsConfig, ConfigError> {
+    for origin in &raw.allowed_origins {
+        let scheme = origin.starts_with("http://") || origin.starts_with("https://");
+        if origin != "*"
+            && (!scheme || origin.ends_with('/') || origin.contains(char::is_whitespace))
+        {
+            return Err(ConfigError::Invalid {
+                field: "cors.allowed_origins",
+                reason: format!(
+                    "{origin:?} is not an origin: write scheme://host[:port] with no path, \
+                     or \"*\""
+                ),
+            });
+        }
+    }
+    Ok(CorsConfig {
+        allowed_origins: raw.allowed_origins,
+        max_age_secs: raw.max_age_secs.unwrap_or(600),
+    })
 }
 
 #[cfg(test)]

@@ -39,6 +39,7 @@ pub const CONFIG_VERSION: &str = "gateway_experiments_config";
 pub const EXPOSED_UNITS: &str = "gateway_experiment_exposed_units";
 pub const SRM_P_VALUE: &str = "gateway_experiment_srm_p_value";
 pub const SRM_DETECTED: &str = "gateway_experiment_srm";
+pub const SDK_CALLS_SKIPPED: &str = "gateway_sdk_calls_skipped_total";
 
 /// Latency buckets (seconds) of every histogram: rendered as Prometheus histograms, not
 /// summaries, so quantiles can be aggregated across gateways.
@@ -126,6 +127,10 @@ fn describe() {
         "Events dropped as duplicates of a recent event_id."
     );
     describe_counter!(EVENTS_REJECTED, "Events refused by validation, by code.");
+    describe_counter!(
+        SDK_CALLS_SKIPPED,
+        "Analytics SDK calls that are not events here (identify, page, PostHog $ events), by route."
+    );
     describe_counter!(REQUESTS, "HTTP requests, by route and status.");
     describe_histogram!(
         REQUEST_SECONDS,

@@ -313,7 +313,7 @@ impl<'a> Evaluation<'a> {
         {
             return Outcome::out(0, Reason::LayerExcluded);
         }
-        let bucket = hash::hash_v2(&exp.seed, &id);
+        let bucket = exp.hash_version.bucket(&exp.seed, &id);
         match hash::choose_variant(bucket, &exp.ranges) {
             Some(variant) => Outcome {
                 variant,

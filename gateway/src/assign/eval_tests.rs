@@ -72,6 +72,47 @@ fn assignments_agree_with_growthbook_sdk_results() {
 }
 
 #[test]
+fn hash_version_1_experiments_reproduce_growthbook_legacy_run_cases() {
+    // cases.json "run" with no hashVersion (so 1): key "my-test", ids 1..9, 50/50, three-way,
+    // and coverage 0.4; ids as numbers hash by their JavaScript string form.
+    let exps = experiments(json!([
+        {"key": "my-test", "variants": ["0", "1"], "hash_version": 1, "hash_attribute": "id"},
+        {"key": "three", "seed": "my-test", "variants": ["0", "1", "2"], "hash_version": 1,
+         "hash_attribute": "id"},
+        {"key": "partial", "seed": "my-test", "variants": ["0", "1"], "coverage": 0.4,
+         "hash_version": 1, "hash_attribute": "id"},
+        {"key": "same-with-v2", "seed": "my-test", "variants": ["0", "1"], "hash_attribute": "id"},
+    ]));
+    let cases = [
+        ("my-test", ["1", "0", "0", "1", "1", "1", "0", "1", "0"]),
+        ("three", ["2", "0", "0", "2", "1", "2", "0", "1", "0"]),
+        ("partial", ["-", "0", "0", "-", "1", "-", "0", "1", "-"]),
+    ];
+    for (key, expected) in cases {
+        for (id, want) in (1..=9).zip(expected) {
+            let a = assign_one(&exps, key, &attrs(json!({ "id": id })), now());
+            let got = if a.in_experiment { variant(&a) } else { "-" };
+            assert_eq!(got, want, "{key}, id {id}");
+            if a.bucket.is_some() {
+                assert_eq!(
+                    a.bucket,
+                    Some(crate::assign::hash::hash_v1("my-test", &id.to_string()))
+                );
+            }
+        }
+    }
+    // Version 2 on the same seed and ids puts some units elsewhere: the version is used.
+    let moved = (1..=9)
+        .filter(|id| {
+            let unit = attrs(json!({ "id": id }));
+            variant(&assign_one(&exps, "my-test", &unit, now()))
+                != variant(&assign_one(&exps, "same-with-v2", &unit, now()))
+        })
+        .count();
+    assert!(moved > 0);
+}
+
+#[test]
 fn a_hashed_assignment_reports_bucket_and_unit() {
     let exps = example();
     let a = assign_one(&exps, "checkout_button", &user("u-1"), now());

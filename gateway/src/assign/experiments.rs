@@ -130,6 +130,10 @@ pub struct RawExperiment {
     /// The attribute whose value is the randomization unit (default `user_id`).
     #[serde(default)]
     pub hash_attribute: Option<String>,
+    /// GrowthBook hash version: 2 (default) or 1 (GrowthBook's legacy experiments; its SDKs
+    /// assume 1 when a rule does not say). Changing it reshuffles everyone.
+    #[serde(default)]
+    pub hash_version: Option<u8>,
     /// Two or more distinct variant names; the first is what units outside the experiment get.
     pub variants: Vec<String>,
     /// One weight per variant, each >= 0, summing to 1 within 0.01 (default: equal).
@@ -203,6 +207,7 @@ pub(super) struct Experiment {
     pub(super) key: Arc<str>,
     pub(super) seed: Box<str>,
     pub(super) hash_attribute: Arc<str>,
+    pub(super) hash_version: HashVersion,
     pub(super) variants: Vec<Arc<str>>,
     pub(super) ranges: Vec<(f64, f64)>,
     /// Variant weights as configured (or equal), normalized to sum to 1.
@@ -214,8 +219,36 @@ pub(super) struct Experiment {
     pub(super) layer: Option<Layer>,
     pub(super) prerequisites: Vec<Prerequisite>,
     pub(super) condition: Option<Condition>,
+    /// The condition as written, for payloads that SDKs evaluate themselves.
+    pub(super) condition_json: Option<Value>,
     pub(super) start: Option<DateTime<Utc>>,
     pub(super) end: Option<DateTime<Utc>>,
+}
+
+/// GrowthBook's hash versions: how a unit id and the seed become a bucket in `[0, 1)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashVersion {
+    /// `(fnv1a32(value + seed) % 1000) / 1000`: GrowthBook's legacy experiments.
+    V1,
+    /// `(fnv1a32(decimal(fnv1a32(seed + value))) % 10000) / 10000`: the default.
+    V2,
+}
+
+impl HashVersion {
+    pub fn number(self) -> u8 {
+        match self {
+            HashVersion::V1 => 1,
+            HashVersion::V2 => 2,
+        }
+    }
+
+    /// The unit's bucket for `seed`.
+    pub fn bucket(self, seed: &str, unit_id: &str) -> f64 {
+        match self {
+            HashVersion::V1 => hash::hash_v1(seed, unit_id),
+            HashVersion::V2 => hash::hash_v2(seed, unit_id),
+        }
+    }
 }
 
 /// The public face of one experiment: what it randomizes and with which weights.
@@ -525,6 +558,16 @@ fn validate_one(
         Some(seed) => seed,
         None => raw.key.clone(),
     };
+    let hash_version = match raw.hash_version {
+        None | Some(2) => HashVersion::V2,
+        Some(1) => HashVersion::V1,
+        Some(other) => {
+            return Err(err(
+                "hash_version",
+                format!("is {other}, must be 1 or 2 (GrowthBook's hash versions)"),
+            ));
+        }
+    };
     let hash_attribute = raw.hash_attribute.unwrap_or_else(|| "user_id".to_owned());
     if hash_attribute.is_empty() {
         return Err(err("hash_attribute", "must not be empty".to_owned()));
@@ -594,6 +637,7 @@ fn validate_one(
         key: Arc::from(key),
         seed: seed.into(),
         hash_attribute: hash_attribute.into(),
+        hash_version,
         variants: raw.variants.iter().map(|v| Arc::from(v.as_str())).collect(),
         ranges,
         weights,
@@ -604,6 +648,7 @@ fn validate_one(
         layer,
         prerequisites: Vec::new(),
         condition,
+        condition_json: raw.condition,
         start,
         end,
     };

@@ -319,6 +319,23 @@ fn seed_and_hash_attribute_must_not_be_empty() {
 }
 
 #[test]
+fn hash_version_is_1_or_2_and_defaults_to_2() {
+    let version = |patch| {
+        let exps = one(patch).expect("valid");
+        exps.list[0].hash_version
+    };
+    assert_eq!(version(json!({})), HashVersion::V2);
+    assert_eq!(version(json!({"hash_version": 1})), HashVersion::V1);
+    assert_eq!(version(json!({"hash_version": 2})), HashVersion::V2);
+    assert_invalid(
+        one(json!({"hash_version": 3})),
+        key("exp"),
+        "hash_version",
+        "must be 1 or 2",
+    );
+}
+
+#[test]
 fn fallback_and_forced_must_name_variants() {
     assert_invalid(
         one(json!({"fallback": "blue"})),

@@ -31,14 +31,15 @@
 pub mod condition;
 pub mod eval;
 pub mod experiments;
+pub mod growthbook;
 pub mod hash;
 mod js;
 
 pub use condition::{Condition, ConditionError};
 pub use eval::{Assignment, Reason, Unit};
 pub use experiments::{
-    ConfigError, ExperimentRef, Experiments, FileFormat, RawExperiment, RawLayer, RawPrerequisite,
-    Status,
+    ConfigError, ExperimentRef, Experiments, FileFormat, HashVersion, RawExperiment, RawLayer,
+    RawPrerequisite, Status,
 };
 pub use hash::{
     bucket_ranges, choose_variant, config_version, fnv1a32, hash_v1, hash_v2, in_namespace,

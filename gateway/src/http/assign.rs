@@ -161,10 +161,11 @@ async fn answer(
         }
     }
     let exposures_logged = if exposure.log {
-        let user_id = attributes.get("user_id").and_then(Value::as_str);
+        // A numeric user id is written as the SDKs hash and send it: its JavaScript string form.
+        let user_id = crate::assign::Unit::new(attributes).id("user_id");
         let logged = Logged {
             config_version: config.version(),
-            user_id,
+            user_id: user_id.as_deref(),
             synthetic: exposure.synthetic,
         };
         Some(log_exposures(state, caller, &assignments, &logged, now).await?)
@@ -257,7 +258,7 @@ pub const HEALTH_PREFIX: &str = "/v1/experiments/";
 
 /// `GET /v1/experiments/{key}/health`: exposed units per variant and the sample-ratio test.
 pub fn health(state: &AppState, path: &str) -> Result<Response<Body>, ApiError> {
-    let not_found = || ApiError::NotFound(format!("GET {path}"));
+    let not_found = || ApiError::NotFound(format!("no route for GET {path}"));
     let key = path
         .strip_prefix(HEALTH_PREFIX)
         .and_then(|rest| rest.strip_suffix("/health"))

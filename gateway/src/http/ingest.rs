@@ -225,7 +225,7 @@ async fn ingest_collecting(
     Ok(counts)
 }
 
-fn decompress_error(e: DecompressError) -> ApiError {
+pub(super) fn decompress_error(e: DecompressError) -> ApiError {
     match e {
         DecompressError::TooLarge { limit } => {
             ApiError::PayloadTooLarge(format!("body decompresses to more than {limit} bytes"))
@@ -246,6 +246,7 @@ impl Job {
             writer.spend(valid.len()).map_err(|e| {
                 metrics::counter!(crate::metrics::RATE_LIMITED).increment(1);
                 ApiError::RateLimited {
+                    code: "rate_limited",
                     message: format!("{e}; nothing from this request was accepted"),
                     retry_after_secs: e.retry_after.as_secs_f64().ceil().max(1.0) as u64,
                 }

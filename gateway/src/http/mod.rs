@@ -8,8 +8,11 @@
 mod assign;
 mod body;
 mod conn;
+mod cors;
+mod growthbook;
 mod ingest;
 pub mod response;
+mod sdk;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -46,6 +49,8 @@ pub struct AppState {
     pub budget: Arc<MemoryBudget>,
     /// Distinct exposed units per variant and the live sample-ratio test.
     pub exposures: Arc<crate::srm::ExposureHealth>,
+    /// The GrowthBook SDK payload, built once per change.
+    pub payloads: growthbook::Payloads,
 }
 
 /// The parts of the pipeline handlers use.
@@ -222,6 +227,7 @@ async fn serve_with(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow:
             health: pipeline.health.clone(),
         },
         exposures: exposures.clone(),
+        payloads: growthbook::Payloads::new(&config.state_dir),
         config,
         metrics,
         experiments,
@@ -349,8 +355,14 @@ async fn reload_on_sighup(experiments: Arc<ExperimentsSource>) {
 
 async fn route(state: &AppState, listener: Listener, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
+    let cors_origin = cors::applies(req.uri().path())
+        .then(|| req.headers().get(header::ORIGIN).cloned())
+        .flatten();
     let (name, result) = dispatch(state, listener, req).await;
-    let resp = result.unwrap_or_else(ApiError::into_response);
+    let mut resp = result.unwrap_or_else(ApiError::into_response);
+    if cors_origin.is_some() || !state.config.cors.allowed_origins.is_empty() {
+        cors::decorate(&state.config.cors, cors_origin.as_ref(), &mut resp);
+    }
     let status = resp.status().as_u16().to_string();
     metrics::counter!(crate::metrics::REQUESTS, "route" => name, "status" => status).increment(1);
     metrics::histogram!(crate::metrics::REQUEST_SECONDS, "route" => name)
@@ -400,12 +412,37 @@ async fn dispatch(
         "/v1/assign" if public => (
             "assign",
             match (&method, writer()) {
+                (&Method::OPTIONS, _) => {
+                    cors::preflight(&state.config.cors, req.headers(), "GET, POST, OPTIONS")
+                }
                 (&Method::POST, Ok(caller)) => assign::post(state, &caller, req, deadline).await,
                 (&Method::GET, Ok(caller)) => assign::get(state, &caller, req).await,
                 (&Method::POST | &Method::GET, Err(e)) => Err(e),
-                _ => not_allowed("GET, POST"),
+                _ => not_allowed("GET, POST, OPTIONS"),
             },
         ),
+        p if public && p.starts_with(growthbook::PREFIX) => (
+            "growthbook_payload",
+            match method {
+                Method::GET | Method::HEAD => growthbook::get(state, p, req.headers()),
+                Method::OPTIONS => {
+                    cors::preflight(&state.config.cors, req.headers(), "GET, OPTIONS")
+                }
+                _ => not_allowed("GET, OPTIONS"),
+            },
+        ),
+        "/v1/batch" | "/v1/track" | "/batch" | "/batch/" | "/capture" | "/capture/" if public => {
+            let api = sdk::Api::for_path(&path);
+            (
+                api.route_name(),
+                match method {
+                    Method::POST => {
+                        sdk::handle(state, api, authorization.as_deref(), req, deadline).await
+                    }
+                    _ => not_allowed("POST"),
+                },
+            )
+        }
         p if public && p.starts_with(assign::HEALTH_PREFIX) => (
             "experiment_health",
             match (&method, writer()) {
@@ -436,7 +473,7 @@ async fn dispatch(
         "/readyz" => ("ready", Ok(readiness(state))),
         _ => (
             "unknown",
-            Err(ApiError::NotFound(format!("{method} {path}"))),
+            Err(ApiError::NotFound(format!("no route for {method} {path}"))),
         ),
     }
 }

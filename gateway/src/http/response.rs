@@ -1,7 +1,8 @@
 //! The one place that maps errors to HTTP status codes and JSON bodies.
 //!
-//! Error bodies: `{"error": {"code": "payload_too_large", "message": "...", ...}}` with a stable
-//! machine-readable `code` and a human sentence.
+//! Error bodies: `{"code": "payload_too_large", "message": "...", "error": {"code": ..., "message":
+//! ..., ...}}` with a stable machine-readable `code` and a human sentence (at the top level too,
+//! where some SDKs look for them).
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -27,7 +28,8 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     UnsupportedMediaType(String),
-    #[error("no route for {0}")]
+    /// A message saying what was not found (`no route for GET /x`).
+    #[error("{0}")]
     NotFound(String),
     #[error("method {method} not allowed; allowed: {allow}")]
     MethodNotAllowed { method: String, allow: &'static str },
@@ -45,8 +47,11 @@ pub enum ApiError {
     /// Credentials that are not valid here.
     #[error("{0}")]
     Forbidden(String),
+    /// 429 with `Retry-After`: a key's rate limit (`rate_limited`), or overload answered to SDKs
+    /// that retry only on 429 (the overload reason as `code`).
     #[error("{message}")]
     RateLimited {
+        code: &'static str,
         message: String,
         retry_after_secs: u64,
     },
@@ -99,7 +104,7 @@ impl ApiError {
             ApiError::Timeout(_) => "request_timeout",
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
-            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::RateLimited { code, .. } => code,
             ApiError::Internal(_) => "internal",
         }
     }
@@ -112,20 +117,26 @@ impl ApiError {
             #[serde(skip_serializing_if = "Option::is_none")]
             offset: Option<usize>,
         }
+        /// `code` and `message` also at the top level: some SDKs read only those.
         #[derive(Serialize)]
         struct Outer<'a> {
-            error: Inner<'a>,
+            code: &'a str,
+            message: &'a str,
+            error: &'a Inner<'a>,
         }
         let offset = match &self {
             ApiError::BadRequest { offset, .. } => *offset,
             _ => None,
         };
+        let inner = Inner {
+            code: self.code(),
+            message: self.to_string(),
+            offset,
+        };
         let body = Outer {
-            error: Inner {
-                code: self.code(),
-                message: self.to_string(),
-                offset,
-            },
+            code: inner.code,
+            message: &inner.message,
+            error: &inner,
         };
         let mut resp = json(self.status(), &body);
         match &self {

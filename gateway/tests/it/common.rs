@@ -323,3 +323,34 @@ pub fn event_ids(root: &Path, table: &str) -> Vec<String> {
     }
     out
 }
+
+/// Run a Python check beside this crate's tests (`tests/{script}`) with the release gateway
+/// binary as its argument; it must print `N passed, 0 failed`. Python comes from
+/// `LAKE_CHECK_PYTHON`, else the workspace's `.venv`, else `python3`, and must have `modules`.
+pub fn python_check(script: &str, modules: &str) {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = manifest.join("../.venv/bin/python");
+    let python = std::env::var("LAKE_CHECK_PYTHON").unwrap_or_else(|_| {
+        if venv.exists() {
+            venv.display().to_string()
+        } else {
+            "python3".into()
+        }
+    });
+    let probe = std::process::Command::new(&python)
+        .args(["-c", &format!("import {modules}")])
+        .status();
+    assert!(
+        probe.is_ok_and(|s| s.success()),
+        "{python} lacks {modules}: run the pip install line of .ci/run"
+    );
+    let out = std::process::Command::new(&python)
+        .arg(manifest.join("tests").join(script))
+        .arg(env!("CARGO_BIN_EXE_gateway"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{script} failed:\n{stdout}");
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+}

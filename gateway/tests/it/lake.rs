@@ -5,36 +5,7 @@
 //! have the packages `.ci/run` pins (duckdb, pyarrow, polars, scipy). Without them these tests
 //! fail rather than skipping the check.
 
-use std::path::Path;
-use std::process::Command;
-
-fn python_check(script: &str, modules: &str) {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let venv = manifest.join("../.venv/bin/python");
-    let python = std::env::var("LAKE_CHECK_PYTHON").unwrap_or_else(|_| {
-        if venv.exists() {
-            venv.display().to_string()
-        } else {
-            "python3".into()
-        }
-    });
-    let probe = Command::new(&python)
-        .args(["-c", &format!("import {modules}")])
-        .status();
-    assert!(
-        probe.is_ok_and(|s| s.success()),
-        "{python} lacks {modules}: run the pip install line of .ci/run"
-    );
-    let out = Command::new(&python)
-        .arg(manifest.join("tests").join(script))
-        .arg(env!("CARGO_BIN_EXE_gateway"))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{script} failed:\n{stdout}");
-    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
-}
+use crate::common::python_check;
 
 #[test]
 fn duckdb_and_pyarrow_read_the_three_tables() {

@@ -3,6 +3,7 @@
 mod assign;
 mod common;
 mod crash;
+mod growthbook;
 mod hardening;
 mod ingest;
 mod lake;
@@ -11,4 +12,5 @@ mod metrics;
 mod outage;
 mod readiness;
 mod s3;
+mod sdk_routes;
 mod srm;
