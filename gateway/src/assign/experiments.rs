@@ -212,6 +212,9 @@ pub(super) struct Experiment {
     pub(super) ranges: Vec<(f64, f64)>,
     /// Variant weights as configured (or equal), normalized to sum to 1.
     pub(super) weights: Vec<f64>,
+    /// Variant weights exactly as configured (or equal): what `ranges` were built from, and
+    /// what GrowthBook's SDKs must be given to build the same ranges (they do not normalize).
+    pub(super) configured_weights: Vec<f64>,
     pub(super) coverage: f64,
     pub(super) status: Status,
     pub(super) fallback: usize,
@@ -540,13 +543,12 @@ fn validate_one(
         ));
     }
     let ranges = hash::bucket_ranges(n, coverage, raw.weights.as_deref());
-    let weights = match &raw.weights {
-        Some(w) => {
-            let sum: f64 = w.iter().sum();
-            w.iter().map(|x| x / sum).collect()
-        }
-        None => vec![1.0 / n as f64; n],
-    };
+    let configured_weights = raw
+        .weights
+        .clone()
+        .unwrap_or_else(|| vec![1.0 / n as f64; n]);
+    let sum: f64 = configured_weights.iter().sum();
+    let weights = configured_weights.iter().map(|x| x / sum).collect();
 
     let seed = match raw.seed {
         Some(seed) if seed.is_empty() => {
@@ -641,6 +643,7 @@ fn validate_one(
         variants: raw.variants.iter().map(|v| Arc::from(v.as_str())).collect(),
         ranges,
         weights,
+        configured_weights,
         coverage,
         status: raw.status.unwrap_or(Status::Running),
         fallback,

@@ -8,8 +8,8 @@
 //!   of its forced ids and weighted entirely to that variant, so the SDK reports them in the
 //!   experiment and tracks them, as `/v1/assign` does. They come first and stay while the
 //!   experiment is stopped or outside its window, since forcing wins over both here too.
-//! - The experiment rule (running and inside `start`..`end` only): variations, normalized
-//!   weights, coverage, condition as written, seed, `hashAttribute` and `hashVersion` explicit,
+//! - The experiment rule (running and inside `start`..`end` only): variations, weights as
+//!   configured (summing to 1 within 0.01, as the SDKs take them), coverage, condition as written, seed, `hashAttribute` and `hashVersion` explicit,
 //!   the layer as a namespace, prerequisites as `parentConditions`, and `meta` keys equal to the
 //!   variant names (the tracked variation id is the name).
 //! - Killed: no rules, the fallback as default. Stopped, not started or ended: forced rules only.
@@ -49,7 +49,8 @@ impl Experiments {
                 rules.clear();
             } else if exp.status == Status::Running && in_window(exp, now) {
                 let mut rule = rule_base(exp, &exp.key);
-                rule.insert("weights".into(), json!(exp.weights));
+                // As configured: the SDKs build ranges from them without normalizing, as we do.
+                rule.insert("weights".into(), json!(exp.configured_weights));
                 rule.insert("coverage".into(), json!(exp.coverage));
                 if let Some(condition) = &exp.condition_json {
                     rule.insert("condition".into(), condition.clone());

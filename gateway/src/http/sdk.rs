@@ -113,8 +113,6 @@ async fn handle_inner(
         (None, None) => super::writer(state, None)?,
     };
     drop((plain, text, read.bytes, hold));
-    metrics::counter!(crate::metrics::SDK_CALLS_SKIPPED, "route" => api.route_name())
-        .increment(translated.skipped as u64);
     let counts = if translated.count == 0 {
         ingest::Ingested {
             accepted: 0,
@@ -131,6 +129,9 @@ async fn handle_inner(
         )
         .await?
     };
+    // Counted once the request is accepted: a batch refused (429) and retried counts once.
+    metrics::counter!(crate::metrics::SDK_CALLS_SKIPPED, "route" => api.route_name())
+        .increment(translated.skipped as u64);
     let (success, status) = match api.protocol {
         Protocol::Segment => (Some(true), None),
         Protocol::PostHog => (None, Some(1)),

@@ -12,5 +12,6 @@ mod metrics;
 mod outage;
 mod readiness;
 mod s3;
+mod sdk;
 mod sdk_routes;
 mod srm;
