@@ -22,7 +22,7 @@ use super::AppState;
 use super::body;
 use super::ingest::{self, decompress_error};
 use super::response::{ApiError, Body, json};
-use crate::compat::{self, Protocol, TranslateError};
+use crate::compat::{Batch, Protocol, TranslateError};
 use crate::validate::BodyFormat;
 use crate::validate::codec::Decoding;
 use crate::wal::record::ENCODING_IDENTITY;
@@ -104,9 +104,10 @@ async fn handle_inner(
         &mut hold,
     )?;
     let text = form_data(&parts.headers, &plain)?;
-    let received = chrono::Utc::now();
-    let translated = compat::translate(api.protocol, &text, received, limits.max_events)
-        .map_err(translate_error)?;
+    let batch = Batch::parse(&text, limits.max_events).map_err(translate_error)?;
+    hold.grow(batch.translation_bytes())
+        .map_err(ApiError::overloaded)?;
+    let translated = batch.translate(api.protocol, chrono::Utc::now());
     let caller = match (authorization, &translated.key) {
         (Some(header), _) => super::writer(state, Some(header))?,
         (None, Some(key)) => super::writer(state, Some(format!("Bearer {key}").as_bytes()))?,
@@ -240,7 +241,7 @@ fn translate_error(e: TranslateError) -> ApiError {
             offset: Some(offset),
         },
         TranslateError::TooMany { .. } => ApiError::PayloadTooLarge(e.to_string()),
-        TranslateError::NotAnObject | TranslateError::BatchNotArray => {
+        TranslateError::NotAnObject | TranslateError::Shape(_) => {
             ApiError::bad_request("invalid_json", e.to_string())
         }
     }
