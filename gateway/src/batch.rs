@@ -192,6 +192,8 @@ static EXPERIMENTS: LazyLock<SchemaRef> = LazyLock::new(|| {
         time("end"),
         Field::new("first_served_at", ts_type(), false),
         Field::new("node_id", DataType::Utf8, false),
+        // Appended after the first release of the table: files written before it lack it.
+        Field::new("hash_version", DataType::Int32, true),
     ]))
 });
 
@@ -219,6 +221,7 @@ pub fn experiments_rows(
     let ts = || TimestampMicrosecondBuilder::new().with_timezone("UTC");
     let (mut start, mut end, mut served) = (ts(), ts(), ts());
     let mut node = StringBuilder::new();
+    let mut hash_version = arrow_array::builder::Int32Builder::new();
     for e in experiments.summaries() {
         for (i, (name, w)) in e.variants.iter().zip(e.weights).enumerate() {
             version.append_value(experiments.version());
@@ -234,6 +237,7 @@ pub fn experiments_rows(
             end.append_option(e.end.map(|t| t.timestamp_micros()));
             served.append_value(first_served_micros);
             node.append_value(node_id);
+            hash_version.append_value(i32::from(e.hash_version.number()));
         }
     }
     let columns: Vec<ArrayRef> = vec![
@@ -250,6 +254,7 @@ pub fn experiments_rows(
         Arc::new(end.finish()),
         Arc::new(served.finish()),
         Arc::new(node.finish()),
+        Arc::new(hash_version.finish()),
     ];
     RecordBatch::try_new(EXPERIMENTS.clone(), columns).expect("columns follow the schema")
 }
@@ -610,7 +615,8 @@ mod tests {
             r#"{"experiments": [
               {"key": "a", "variants": ["c", "t"], "weights": [0.2, 0.8], "coverage": 0.5,
                "layer": {"name": "L", "range": [0, 0.5]}},
-              {"key": "b", "variants": ["x", "y", "z"], "status": "killed", "hash_attribute": "device_id"}
+              {"key": "b", "variants": ["x", "y", "z"], "status": "killed", "hash_attribute": "device_id",
+               "hash_version": 1}
             ]}"#,
             crate::assign::FileFormat::Json,
         )
@@ -644,6 +650,14 @@ mod tests {
         assert_eq!(text("hash_attribute", 4), "device_id");
         assert!((float("weight", 2) - 1.0 / 3.0).abs() < 1e-12);
         assert!(batch.column_by_name("layer").unwrap().is_null(3));
+        let version = |i| {
+            batch
+                .column_by_name("hash_version")
+                .unwrap()
+                .as_primitive::<arrow_array::types::Int32Type>()
+                .value(i)
+        };
+        assert_eq!((version(0), version(4)), (2, 1));
     }
 
     #[test]

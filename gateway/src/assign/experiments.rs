@@ -265,6 +265,7 @@ pub struct ExperimentSummary<'a> {
     pub status: Status,
     pub layer: Option<&'a str>,
     pub hash_attribute: &'a str,
+    pub hash_version: HashVersion,
     pub start: Option<DateTime<Utc>>,
     pub end: Option<DateTime<Utc>>,
 }
@@ -364,6 +365,7 @@ impl Experiments {
             status: e.status,
             layer: e.layer.as_ref().map(|l| &*l.name),
             hash_attribute: &e.hash_attribute,
+            hash_version: e.hash_version,
             start: e.start,
             end: e.end,
         })

@@ -68,7 +68,7 @@ impl Experiments {
                             p.variants.iter().map(|&v| &*parent.variants[v]).collect();
                         let id = if required.contains(&default_value(parent)) {
                             helpers[p.experiment] = true;
-                            format!("{}{IN_EXPERIMENT_SUFFIX}", parent.key)
+                            self.helper_name(parent)
                         } else {
                             parent.key.to_string()
                         };
@@ -90,7 +90,7 @@ impl Experiments {
                     _ => Vec::new(),
                 };
                 features.insert(
-                    format!("{}{IN_EXPERIMENT_SUFFIX}", exp.key),
+                    self.helper_name(exp),
                     json!({"defaultValue": null, "rules": rules}),
                 );
             }
@@ -101,6 +101,17 @@ impl Experiments {
             next_change: boundaries().filter(|t| *t > now).min(),
             last_change: boundaries().filter(|t| *t <= now).max(),
         }
+    }
+}
+
+impl Experiments {
+    /// `{key}.in_experiment`, with `_` appended while that is some experiment's own key.
+    fn helper_name(&self, parent: &Experiment) -> String {
+        let mut name = format!("{}{IN_EXPERIMENT_SUFFIX}", parent.key);
+        while self.contains(&name) {
+            name.push('_');
+        }
+        name
     }
 }
 

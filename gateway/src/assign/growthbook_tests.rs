@@ -104,3 +104,22 @@ fn prerequisites_refer_to_the_parent_or_to_its_helper_when_its_default_is_accept
     );
     assert!(!p.features.contains_key("on_b.in_experiment"));
 }
+
+#[test]
+fn a_helper_feature_never_replaces_an_experiment_of_that_name() {
+    let exps = parse(json!({"experiments": [
+        {"key": "p", "variants": ["a", "b"]},
+        {"key": "p.in_experiment", "variants": ["x", "y"]},
+        {"key": "child", "variants": ["x", "y"], "prerequisites": [{"experiment": "p", "variants": ["a"]}]},
+    ]}));
+    let p = exps.growthbook_features(at("2026-12-02T00:00:00Z"));
+    assert_eq!(
+        p.features["p.in_experiment"]["defaultValue"], "x",
+        "the experiment stays"
+    );
+    assert_eq!(p.features["p.in_experiment_"]["defaultValue"], Value::Null);
+    assert_eq!(
+        p.features["child"]["rules"][0]["parentConditions"][0]["id"],
+        "p.in_experiment_"
+    );
+}

@@ -60,8 +60,9 @@ pub fn hash_v2(seed: &str, value: &str) -> f64 {
 
 /// GrowthBook hash version 1: `(fnv1a32(value + seed) % 1000) / 1000`.
 ///
-/// Note the order: the value comes first. Experiments here hash with [`hash_v2`]; version 1 is
-/// what GrowthBook's namespaces (our layers) use, through [`namespace_hash`].
+/// Note the order: the value comes first. Experiments with `hash_version: 1` (GrowthBook's
+/// legacy experiments) hash with it; GrowthBook's namespaces (our layers) always do, through
+/// [`namespace_hash`].
 pub fn hash_v1(seed: &str, value: &str) -> f64 {
     let h = Fnv32::new().str(value).str(seed).0;
     f64::from(h % 1_000) / 1_000.0

@@ -1,7 +1,8 @@
 //! The HTTP layer: the only place that names hyper. Listeners, connection limits, routing and
 //! access control, graceful shutdown.
 //!
-//! Two listeners: the public one (`listen`: `/v1/*`, and the health routes) and, when
+//! Two listeners: the public one (`listen`: `/v1/*`, the GrowthBook payload `/api/features/*`,
+//! the PostHog routes `/batch/` and `/capture/`, and the health routes) and, when
 //! `admin_listen` is set, an admin one (`/metrics`, `/admin/*`, the health routes). Without
 //! `admin_listen` everything is on the public listener, admin routes behind the admin token.
 
@@ -355,13 +356,12 @@ async fn reload_on_sighup(experiments: Arc<ExperimentsSource>) {
 
 async fn route(state: &AppState, listener: Listener, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
-    let cors_origin = cors::applies(req.uri().path())
-        .then(|| req.headers().get(header::ORIGIN).cloned())
-        .flatten();
+    let browser_route = cors::applies(req.uri().path());
+    let origin = req.headers().get(header::ORIGIN).cloned();
     let (name, result) = dispatch(state, listener, req).await;
     let mut resp = result.unwrap_or_else(ApiError::into_response);
-    if cors_origin.is_some() || !state.config.cors.allowed_origins.is_empty() {
-        cors::decorate(&state.config.cors, cors_origin.as_ref(), &mut resp);
+    if browser_route {
+        cors::decorate(&state.config.cors, origin.as_ref(), &mut resp);
     }
     let status = resp.status().as_u16().to_string();
     metrics::counter!(crate::metrics::REQUESTS, "route" => name, "status" => status).increment(1);
@@ -411,13 +411,15 @@ async fn dispatch(
         ),
         "/v1/assign" if public => (
             "assign",
-            match (&method, writer()) {
+            match (&method, (method != Method::OPTIONS).then(writer)) {
                 (&Method::OPTIONS, _) => {
                     cors::preflight(&state.config.cors, req.headers(), "GET, POST, OPTIONS")
                 }
-                (&Method::POST, Ok(caller)) => assign::post(state, &caller, req, deadline).await,
-                (&Method::GET, Ok(caller)) => assign::get(state, &caller, req).await,
-                (&Method::POST | &Method::GET, Err(e)) => Err(e),
+                (&Method::POST, Some(Ok(caller))) => {
+                    assign::post(state, &caller, req, deadline).await
+                }
+                (&Method::GET, Some(Ok(caller))) => assign::get(state, &caller, req).await,
+                (&Method::POST | &Method::GET, Some(Err(e))) => Err(e),
                 _ => not_allowed("GET, POST, OPTIONS"),
             },
         ),

@@ -82,11 +82,15 @@ async fn handle_inner(
     req: Request<Incoming>,
     deadline: Instant,
 ) -> Result<Response<Body>, ApiError> {
-    // A wrong key in the header is refused before the body is read, as on /v1/events.
-    if authorization.is_some() {
-        super::writer(state, authorization)?;
-    }
     let limits = state.config.limits;
+    // A wrong key in the header is refused before the body is read (and the body dropped, so
+    // the client sees the answer), as on /v1/events.
+    if authorization.is_some()
+        && let Err(e) = super::writer(state, authorization)
+    {
+        body::discard(req.into_body(), limits.max_body_bytes, deadline).await;
+        return Err(e);
+    }
     let (parts, incoming) = req.into_parts();
     let read = body::read(
         &parts.headers,

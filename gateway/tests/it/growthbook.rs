@@ -299,5 +299,6 @@ async fn cors_answers_preflights_and_marks_answers_for_allowed_origins_only() {
             .get("access-control-allow-origin")
             .is_none()
     );
+    assert!(events.headers().get("vary").is_none());
     server.shutdown().await.unwrap();
 }
