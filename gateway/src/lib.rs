@@ -30,6 +30,7 @@ pub mod auth;
 pub mod batch;
 pub mod budget;
 pub mod catalog;
+pub mod cluster;
 pub mod compat;
 pub mod config;
 pub mod dedup;
