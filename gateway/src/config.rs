@@ -42,6 +42,19 @@ pub struct Flags {
     /// Serve `/metrics`, `/admin/*`, `/healthz` and `/readyz` here instead of on `--listen`.
     #[arg(long)]
     pub admin_listen: Option<SocketAddr>,
+    /// Cluster mode only: `gateway` (HTTP, the default) or `writer` (the log -> Parquet).
+    #[arg(value_enum)]
+    pub role: Option<Role>,
+}
+
+/// What a process does in cluster mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Takes HTTP traffic and appends it to the log.
+    Gateway,
+    /// Turns the log's partitions into Parquet.
+    Writer,
 }
 
 /// The config file, as written. Every field is optional; see [`Config`] for meanings.
@@ -81,6 +94,23 @@ pub struct RawConfig {
     pub growthbook: RawGrowthbook,
     #[serde(default)]
     pub cors: RawCors,
+    pub cluster: Option<RawCluster>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCluster {
+    #[serde(default)]
+    pub urls: Vec<String>,
+    pub stream_prefix: Option<String>,
+    pub partitions: Option<u32>,
+    pub replicas: Option<usize>,
+    pub role: Option<Role>,
+    pub append_timeout_secs: Option<u64>,
+    pub retention_secs: Option<u64>,
+    pub max_bytes_per_partition: Option<u64>,
+    pub msg_id_window_secs: Option<u64>,
+    pub lease_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -339,6 +369,22 @@ pub struct Config {
     /// GrowthBook SDK client keys (`GET /api/features/{key}`); none by default.
     pub growthbook_client_keys: Vec<ClientKey>,
     pub cors: CorsConfig,
+    /// Cluster mode (`[cluster]`); `None`: the single-node gateway.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// Cluster mode: the log's settings and this process's role. See `docs/cluster.md`.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub role: Role,
+    /// `urls` (required), `stream_prefix` (default `events`), `partitions` (default 8),
+    /// `replicas` (default 3), `append_timeout_secs` (default 5: past it the request gets 503),
+    /// `retention_secs` (default 7 days: messages older are deleted even if no writer has
+    /// stored them; at least the dedup window plus 2 minutes), `max_bytes_per_partition`
+    /// (default none: past it appends are refused, 503), `msg_id_window_secs` (how long the
+    /// log recognises a re-sent request, default 120, at most the dedup window), `lease_secs`
+    /// (default 10).
+    pub log: crate::cluster::LogConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -494,7 +540,21 @@ impl Config {
             experiments: flags.experiments.or(raw.experiments),
             ..raw
         };
-        raw.validate()
+        let mut config = raw.validate()?;
+        if let Some(role) = flags.role {
+            match &mut config.cluster {
+                Some(c) => c.role = role,
+                None => {
+                    return Err(ConfigError::Invalid {
+                        field: "cluster",
+                        reason: format!(
+                            "the {role:?} role needs a [cluster] section in the config file"
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(config)
     }
 
     /// Defaults with everything local and quick to flush: for tests and embedding.
@@ -511,6 +571,82 @@ impl Config {
         config.flush.max_age = Duration::from_secs(1);
         config
     }
+}
+
+fn cluster_config(raw: RawCluster, dedup_window: Duration) -> Result<ClusterConfig, ConfigError> {
+    let invalid = |field: &'static str, reason: String| ConfigError::Invalid { field, reason };
+    if raw.urls.is_empty() {
+        return Err(invalid(
+            "cluster.urls",
+            "list the NATS servers, e.g. [\"nats://127.0.0.1:4222\"]".into(),
+        ));
+    }
+    let prefix = raw.stream_prefix.unwrap_or_else(|| "events".into());
+    if prefix.is_empty()
+        || prefix.len() > 32
+        || !prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        return Err(invalid(
+            "cluster.stream_prefix",
+            format!("{prefix:?}: 1-32 characters of A-Z a-z 0-9 _"),
+        ));
+    }
+    let partitions = positive("cluster.partitions", raw.partitions.unwrap_or(8))?;
+    if partitions > 1024 {
+        return Err(invalid(
+            "cluster.partitions",
+            format!("at most 1024, got {partitions}"),
+        ));
+    }
+    let replicas = raw.replicas.unwrap_or(3);
+    if !(1..=5).contains(&replicas) {
+        return Err(invalid(
+            "cluster.replicas",
+            format!("JetStream replicates 1 to 5 times, got {replicas}"),
+        ));
+    }
+    let secs = |field: &'static str, v: Option<u64>, default: u64| {
+        positive(field, v.unwrap_or(default)).map(Duration::from_secs)
+    };
+    let retention = secs("cluster.retention_secs", raw.retention_secs, 7 * 24 * 3600)?;
+    let rebuild = dedup_window + 2 * crate::cluster::writer::CLOCK_SLACK;
+    if retention < rebuild {
+        return Err(invalid(
+            "cluster.retention_secs",
+            format!(
+                "must be at least the dedup window plus 2 minutes ({} s): a writer taking \
+                 over re-reads that much of a partition",
+                rebuild.as_secs()
+            ),
+        ));
+    }
+    let msg_id_window = secs(
+        "cluster.msg_id_window_secs",
+        raw.msg_id_window_secs,
+        120.min(dedup_window.as_secs()),
+    )?;
+    if msg_id_window > dedup_window {
+        return Err(invalid(
+            "cluster.msg_id_window_secs",
+            "must be at most dedup.window_secs".into(),
+        ));
+    }
+    Ok(ClusterConfig {
+        role: raw.role.unwrap_or(Role::Gateway),
+        log: crate::cluster::LogConfig {
+            urls: raw.urls,
+            prefix,
+            partitions,
+            replicas,
+            dedup_window: msg_id_window,
+            retention,
+            timeout: secs("cluster.append_timeout_secs", raw.append_timeout_secs, 5)?,
+            max_bytes: raw.max_bytes_per_partition,
+            lease: secs("cluster.lease_secs", raw.lease_secs, 10)?,
+        },
+    })
 }
 
 fn read_file(path: &Path) -> Result<RawConfig, ConfigError> {
@@ -669,6 +805,10 @@ impl RawConfig {
         let auth = auth_config(self.auth, &limits)?;
         let growthbook_client_keys = client_keys(self.growthbook)?;
         let cors = cors_config(self.cors)?;
+        let cluster = self
+            .cluster
+            .map(|c| cluster_config(c, dedup.window))
+            .transpose()?;
         let listen = self
             .listen
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
@@ -717,6 +857,7 @@ impl RawConfig {
             srm,
             growthbook_client_keys,
             cors,
+            cluster,
         })
     }
 }

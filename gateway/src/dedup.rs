@@ -63,7 +63,7 @@ impl FreshBatch<'_> {
 
 /// Keys are already uniform hashes: use their low bits as the table hash.
 #[derive(Default)]
-struct KeyHasher(u64);
+pub(crate) struct KeyHasher(u64);
 
 impl Hasher for KeyHasher {
     fn finish(&self) -> u64 {

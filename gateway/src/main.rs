@@ -1,5 +1,7 @@
-//! `gateway [--config FILE] [--listen ADDR] [--admin-listen ADDR] [--storage URL]
+//! `gateway [writer] [--config FILE] [--listen ADDR] [--admin-listen ADDR] [--storage URL]
 //! [--state-dir DIR] [--experiments FILE]`
+//!
+//! `writer` is the cluster mode's writer role (the config needs a `[cluster]` section).
 //!
 //! Exit codes: 0 after a clean stop, 1 on a runtime failure, 2 on a configuration error.
 
@@ -63,6 +65,13 @@ fn tune_allocator() {
 }
 
 async fn run(config: Config) -> Result<(), StartError> {
+    if config
+        .cluster
+        .as_ref()
+        .is_some_and(|c| c.role == gateway::config::Role::Writer)
+    {
+        return gateway::start::run_writer(config, shutdown_signal()).await;
+    }
     // Everything that can be checked locally is checked before the first log line.
     let bound = Bound::bind(prepare(config).await?).await?;
     // The first log line: tests and the harness read the port from it.

@@ -40,6 +40,10 @@ pub const EXPOSED_UNITS: &str = "gateway_experiment_exposed_units";
 pub const SRM_P_VALUE: &str = "gateway_experiment_srm_p_value";
 pub const SRM_DETECTED: &str = "gateway_experiment_srm";
 pub const SDK_CALLS_SKIPPED: &str = "gateway_sdk_calls_skipped_total";
+pub const CLUSTER_APPENDS: &str = "gateway_cluster_appends_total";
+pub const CLUSTER_APPEND_SECONDS: &str = "gateway_cluster_append_duration_seconds";
+pub const WRITER_PARTITIONS: &str = "gateway_writer_partitions";
+pub const WRITER_EVENTS: &str = "gateway_writer_events_total";
 
 /// Latency buckets (seconds) of every histogram: rendered as Prometheus histograms, not
 /// summaries, so quantiles can be aggregated across gateways.
@@ -130,6 +134,23 @@ fn describe() {
     describe_counter!(
         SDK_CALLS_SKIPPED,
         "Analytics SDK calls that are not events here (identify, page, PostHog $ events), by route."
+    );
+    describe_counter!(
+        CLUSTER_APPENDS,
+        "Cluster mode: messages appended to the log, by outcome (stored, duplicate, retryable, permanent)."
+    );
+    describe_histogram!(
+        CLUSTER_APPEND_SECONDS,
+        Unit::Seconds,
+        "Cluster mode: time from a request's first append to its last ack."
+    );
+    describe_gauge!(
+        WRITER_PARTITIONS,
+        "Cluster writer: partitions this writer holds the lease of."
+    );
+    describe_counter!(
+        WRITER_EVENTS,
+        "Cluster writer: events read from the log, by outcome (fresh, duplicate)."
     );
     describe_counter!(REQUESTS, "HTTP requests, by route and status.");
     describe_histogram!(

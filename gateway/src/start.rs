@@ -39,6 +39,8 @@ pub struct Prepared {
     pub config: Config,
     pub experiments: Arc<ExperimentsSource>,
     pub pipeline: Pipeline,
+    /// Cluster mode: the log the gateway appends to.
+    pub cluster: Option<Arc<crate::cluster::ingest::Appender<crate::cluster::nats::NatsLog>>>,
 }
 
 /// Check what can be checked locally, recover the log and start the pipeline.
@@ -61,10 +63,95 @@ pub async fn prepare(config: Config) -> Result<Prepared, StartError> {
             reason: e.to_string(),
         })?;
     let health = Arc::new(Health::new());
+    let cluster = match &config.cluster {
+        Some(c) => Some(Arc::new(crate::cluster::ingest::Appender::new(
+            connect_log(&c.log).await?,
+        ))),
+        None => None,
+    };
     let pipeline = pipeline::start(&config, store, health, experiments.take_served()).await?;
     Ok(Prepared {
         config,
         experiments: Arc::new(experiments),
         pipeline,
+        cluster,
     })
+}
+
+/// Connect to the cluster's log and make sure its streams exist, waiting while no server
+/// answers (a fleet starting together); a configuration the engine refuses is fatal.
+pub async fn connect_log(
+    config: &crate::cluster::LogConfig,
+) -> Result<crate::cluster::nats::NatsLog, StartError> {
+    let mut delay = std::time::Duration::from_millis(200);
+    loop {
+        match crate::cluster::nats::NatsLog::connect(config.clone()).await {
+            Ok(log) => return Ok(log),
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(urls = ?config.urls, error = %e, "the log does not answer yet; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(StartError::Config {
+                    field: "cluster",
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+}
+
+/// The writer role: connect, then hold a share of the partitions and write them until
+/// `shutdown`. `/healthz`, `/readyz` and `/metrics` are served on `admin_listen` (or `listen`).
+pub async fn run_writer(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), StartError> {
+    let metrics = crate::metrics::install();
+    let cluster = config
+        .cluster
+        .clone()
+        .expect("the writer role is a cluster role");
+    let (store, prefix) = crate::sink::open_store(&config.storage, &config.storage_options)
+        .map_err(|e| StartError::Config {
+            field: "storage",
+            reason: e.to_string(),
+        })?;
+    let sink = crate::sink::Sink::new(store, prefix, String::new())
+        .with_backoff(crate::sink::Backoff {
+            initial: std::time::Duration::from_millis(100),
+            max: config.upload.retry_max_backoff,
+        })
+        .with_multipart(config.upload.multipart_threshold_bytes, 8 << 20);
+    let addr = config.admin_listen.unwrap_or(config.listen);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| StartError::Runtime(anyhow::anyhow!("cannot listen on {addr}: {e}")))?;
+    let log = connect_log(&cluster.log).await?;
+    let health = Arc::new(Health::new());
+    let owner = format!("{:016x}", rand::random::<u64>());
+    tracing::info!(
+        "listening on {}",
+        listener
+            .local_addr()
+            .map_err(|e| StartError::Runtime(e.into()))?
+    );
+    tracing::info!(%owner, partitions = cluster.log.partitions, "writer started");
+    let status = tokio::spawn(crate::http::serve_status(listener, health.clone(), metrics));
+    crate::cluster::writer::run(
+        log,
+        sink,
+        crate::cluster::writer::WriterConfig {
+            owner,
+            flush: config.flush,
+            window: config.dedup.window,
+            lease: cluster.log.lease,
+        },
+        health,
+        shutdown,
+    )
+    .await;
+    status.abort();
+    Ok(())
 }

@@ -194,6 +194,24 @@ pub fn decode(
     }
 }
 
+/// The JSON text of each element of a body that [`decode`] read, in request order (the index
+/// of an event or rejection is its position here). Cluster mode forwards events as this text.
+pub fn raw_elements(body: &[u8], format: BodyFormat) -> Result<Vec<&str>, BodyError> {
+    match format {
+        BodyFormat::JsonArray => {
+            let raws: Vec<&RawValue> =
+                serde_json::from_slice(body).map_err(|e| array_error(body, &e))?;
+            Ok(raws.into_iter().map(RawValue::get).collect())
+        }
+        BodyFormat::NdJson => Ok(body
+            .split(|&b| b == b'\n')
+            .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+            // A line that is not UTF-8 is a rejection, whose text the caller takes from it.
+            .map(|line| std::str::from_utf8(line).unwrap_or(""))
+            .collect()),
+    }
+}
+
 fn decode_array(body: &[u8], max_events: usize) -> Result<ValidBatch<'_>, BodyError> {
     let mut batch = ValidBatch::default();
     let mut de = serde_json::Deserializer::from_slice(body);

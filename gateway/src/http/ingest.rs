@@ -132,10 +132,7 @@ async fn ingest_collecting(
     let limits = state.config.limits;
     let received = chrono::Utc::now();
     let received_micros = received.timestamp_micros();
-    let ReadBody {
-        bytes: wire,
-        mut hold,
-    } = body;
+    let ReadBody { bytes: wire, hold } = body;
     let job = Job {
         wire_len: wire.len(),
         format,
@@ -148,31 +145,46 @@ async fn ingest_collecting(
         exposures: state.exposures.clone(),
         experiments: state.experiments.current(),
     };
-    let p = match Decoding::start(encoding, &wire, limits.max_decompressed_bytes)
-        .map_err(decompress_error)?
-    {
-        Decoding::Plain(plain) if plain.len() < BLOCKING_BODY_BYTES => job.run(&plain, hold)?,
-        Decoding::Plain(plain) => tokio::task::spawn_blocking(move || job.run(&plain, hold))
-            .await
-            .map_err(|e| ApiError::Internal(format!("decoding failed: {e}")))??,
-        Decoding::Inflate(mut inflater) => {
-            if inflater
-                .step(BLOCKING_BODY_BYTES, &mut hold)
-                .map_err(decompress_error)?
-            {
-                job.run(&inflater.finish(), hold)?
-            } else {
-                tokio::task::spawn_blocking(move || {
-                    inflater
-                        .step(usize::MAX, &mut hold)
-                        .map_err(decompress_error)?;
-                    job.run(&inflater.finish(), hold)
-                })
-                .await
-                .map_err(|e| ApiError::Internal(format!("decoding failed: {e}")))??
-            }
+    if let Some(cluster) = state.pipeline.cluster.clone() {
+        let job = ClusterJob {
+            job,
+            source: caller.source().cloned(),
+            partitions: cluster.partitions(),
+        };
+        let p = decoded(
+            &wire,
+            encoding,
+            limits.max_decompressed_bytes,
+            hold,
+            move |plain, hold| job.run(plain, hold),
+        )
+        .await?;
+        let appended = cluster.append(p.messages).await;
+        drop(p.hold);
+        let appended = appended.map_err(|e| {
+            state.pipeline.health.log_failed(e.to_string());
+            log_unavailable(e)
+        })?;
+        state.pipeline.health.log_appended();
+        let counts = Ingested {
+            accepted: appended.accepted,
+            duplicates: appended.duplicates,
+            rejected: p.rejected.len(),
+        };
+        record_metrics(&counts, &p.rejected);
+        if let Some(out) = rejected_out {
+            out.extend(p.rejected);
         }
-    };
+        return Ok(counts);
+    }
+    let p = decoded(
+        &wire,
+        encoding,
+        limits.max_decompressed_bytes,
+        hold,
+        move |plain, hold| job.run(plain, hold),
+    )
+    .await?;
 
     // Nothing new and nothing refused (all duplicates, or an empty batch): nothing to log.
     if !p.inserted.is_empty() || !p.rejected.is_empty() {
@@ -223,6 +235,42 @@ async fn ingest_collecting(
         out.extend(p.rejected);
     }
     Ok(counts)
+}
+
+/// Decompress `wire` (inline while small, on the blocking pool past [`BLOCKING_BODY_BYTES`])
+/// and hand the plain body to `run`, on the blocking pool too when it is large.
+async fn decoded<T: Send + 'static>(
+    wire: &Bytes,
+    encoding: u8,
+    max_decompressed: usize,
+    mut hold: Reservation,
+    run: impl FnOnce(&Bytes, Reservation) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let join_error =
+        |e: tokio::task::JoinError| ApiError::Internal(format!("decoding failed: {e}"));
+    match Decoding::start(encoding, wire, max_decompressed).map_err(decompress_error)? {
+        Decoding::Plain(plain) if plain.len() < BLOCKING_BODY_BYTES => run(&plain, hold),
+        Decoding::Plain(plain) => tokio::task::spawn_blocking(move || run(&plain, hold))
+            .await
+            .map_err(join_error)?,
+        Decoding::Inflate(mut inflater) => {
+            if inflater
+                .step(BLOCKING_BODY_BYTES, &mut hold)
+                .map_err(decompress_error)?
+            {
+                run(&inflater.finish(), hold)
+            } else {
+                tokio::task::spawn_blocking(move || {
+                    inflater
+                        .step(usize::MAX, &mut hold)
+                        .map_err(decompress_error)?;
+                    run(&inflater.finish(), hold)
+                })
+                .await
+                .map_err(join_error)?
+            }
+        }
+    }
 }
 
 pub(super) fn decompress_error(e: DecompressError) -> ApiError {
@@ -286,6 +334,92 @@ impl Job {
             inserted: fresh.inserted,
             hold,
         })
+    }
+}
+
+/// A request in cluster mode: its messages, ready to append.
+struct ClusterPrepared {
+    messages: Vec<crate::cluster::message::Outgoing>,
+    rejected: Vec<RejectedEvent>,
+    /// The wire body and the messages.
+    hold: Reservation,
+}
+
+/// Cluster mode's work on a body: decode and rate-limit as on one node, then split the events
+/// into one message per partition. No dedup here: the partitions' writers do it.
+struct ClusterJob {
+    job: Job,
+    source: Option<Arc<str>>,
+    partitions: u32,
+}
+
+impl ClusterJob {
+    fn run(self, plain: &Bytes, mut hold: Reservation) -> Result<ClusterPrepared, ApiError> {
+        let job = self.job;
+        // Decoded events and the messages together stay within twice the decompressed body.
+        hold.grow(2 * plain.len()).map_err(ApiError::overloaded)?;
+        let valid = validate::decode(plain, job.format, job.max_events).map_err(body_error)?;
+        if let Some(writer) = &job.writer {
+            writer.spend(valid.len()).map_err(|e| {
+                metrics::counter!(crate::metrics::RATE_LIMITED).increment(1);
+                ApiError::RateLimited {
+                    code: "rate_limited",
+                    message: format!("{e}; nothing from this request was accepted"),
+                    retry_after_secs: e.retry_after.as_secs_f64().ceil().max(1.0) as u64,
+                }
+            })?;
+        }
+        let raws = validate::raw_elements(plain, job.format).map_err(body_error)?;
+        let messages = crate::cluster::message::split(
+            &valid,
+            &raws,
+            crate::cluster::message::Header {
+                received_micros: job.received.timestamp_micros(),
+                bounds: job.bounds,
+                source: self.source.as_deref(),
+            },
+            self.partitions,
+        );
+        let rejected = valid
+            .rejected
+            .iter()
+            .map(|r| RejectedEvent {
+                index: r.index,
+                event_id: r.event_id.as_deref().map(str::to_owned),
+                code: r.code.as_str(),
+                message: r.message.clone(),
+            })
+            .collect();
+        let fresh = vec![true; valid.events.len()];
+        job.exposures.observe(
+            &job.experiments,
+            &crate::dedup::FreshBatch::with_fresh(valid, fresh),
+        );
+        let message_bytes: usize = messages.iter().map(|m| m.payload.len()).sum();
+        let _ = hold.resize(job.wire_len + message_bytes);
+        Ok(ClusterPrepared {
+            messages,
+            rejected,
+            hold,
+        })
+    }
+}
+
+fn log_unavailable(e: crate::cluster::LogError) -> ApiError {
+    use crate::cluster::LogError;
+    let reason = match &e {
+        LogError::Unavailable(_) => "log_unavailable",
+        LogError::TooLarge(_) => {
+            return ApiError::PayloadTooLarge(format!(
+                "{e}; raise the NATS servers' max_payload or send smaller requests"
+            ));
+        }
+        LogError::Config(_) | LogError::Other(_) => "log_unwritable",
+    };
+    metrics::counter!(crate::metrics::OVERLOADED, "reason" => reason).increment(1);
+    ApiError::Unavailable {
+        reason,
+        message: format!("{e}; nothing from this request was acknowledged, retry later"),
     }
 }
 

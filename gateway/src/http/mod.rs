@@ -61,6 +61,8 @@ pub struct PipelineHandles {
     pub dedup: Arc<crate::dedup::DedupWindow>,
     pub bounds: crate::batch::PartitionBounds,
     pub health: Arc<crate::health::Health>,
+    /// Cluster mode: requests go to the replicated log instead of `wal`.
+    pub cluster: Option<Arc<crate::cluster::ingest::Appender<crate::cluster::nats::NatsLog>>>,
 }
 
 /// Who is calling a write route.
@@ -172,6 +174,7 @@ async fn serve_with(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow:
                 config,
                 experiments,
                 pipeline,
+                cluster,
             },
     } = bound;
     let metrics = crate::metrics::install();
@@ -226,6 +229,7 @@ async fn serve_with(bound: Bound, shutdown: impl Future<Output = ()>) -> anyhow:
             dedup: pipeline.dedup.clone(),
             bounds: pipeline.bounds,
             health: pipeline.health.clone(),
+            cluster,
         },
         exposures: exposures.clone(),
         payloads: growthbook::Payloads::new(&config.state_dir),
@@ -472,7 +476,7 @@ async fn dispatch(
             },
         ),
         "/healthz" => ("health", Ok(response::text("text/plain", "ok\n"))),
-        "/readyz" => ("ready", Ok(readiness(state))),
+        "/readyz" => ("ready", Ok(readiness(&state.pipeline.health))),
         _ => (
             "unknown",
             Err(ApiError::NotFound(format!("no route for {method} {path}"))),
@@ -534,13 +538,13 @@ fn admin_allowed(
 }
 
 /// `/readyz`: 200 when every check passes, else 503 with the reasons.
-fn readiness(state: &AppState) -> Response<Body> {
+fn readiness(health: &crate::health::Health) -> Response<Body> {
     #[derive(serde::Serialize)]
     struct Ready {
         ready: bool,
         reasons: Vec<String>,
     }
-    let reasons = state.pipeline.health.not_ready();
+    let reasons = health.not_ready();
     let status = if reasons.is_empty() {
         StatusCode::OK
     } else {
@@ -556,6 +560,39 @@ fn readiness(state: &AppState) -> Response<Body> {
 }
 
 /// A running gateway: for tests and embedding. Binds first, so `addr()` is known at once.
+/// The writer role's HTTP: `/healthz`, `/readyz` and `/metrics` on `listener`.
+pub async fn serve_status(
+    listener: TcpListener,
+    health: Arc<crate::health::Health>,
+    metrics: PrometheusHandle,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let (health, metrics) = (health.clone(), metrics.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let response = match (req.method(), req.uri().path()) {
+                    (&Method::GET, "/healthz") => response::text("text/plain", "ok\n"),
+                    (&Method::GET, "/readyz") => readiness(&health),
+                    (&Method::GET, "/metrics") => {
+                        response::text("text/plain; version=0.0.4", metrics.render())
+                    }
+                    (method, path) => {
+                        ApiError::NotFound(format!("no route for {method} {path}")).into_response()
+                    }
+                };
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
 #[derive(Debug)]
 pub struct Server {
     addr: SocketAddr,

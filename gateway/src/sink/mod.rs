@@ -224,6 +224,12 @@ impl Sink {
         self
     }
 
+    /// The same store under another node id (a cluster writer names files by partition).
+    pub fn with_node_id(mut self, node_id: String) -> Self {
+        self.node_id = node_id;
+        self
+    }
+
     pub fn store(&self) -> &Arc<dyn ObjectStore> {
         &self.store
     }
