@@ -91,7 +91,13 @@ impl Health {
     }
 
     pub fn log_failed(&self, error: impl Into<String>) {
-        self.lock().log_error = Some(error.into());
+        self.lock().log_error = Some(format!("write-ahead log not writable: {}", error.into()));
+    }
+
+    /// Cluster mode: the replicated log did not take an append (or a writer's lease call);
+    /// cleared by [`Health::log_appended`].
+    pub fn cluster_log_failed(&self, error: impl Into<String>) {
+        self.lock().log_error = Some(format!("the cluster's log failed: {}", error.into()));
     }
 
     pub fn storage_ok(&self) {
@@ -122,7 +128,7 @@ impl Health {
             reasons.push(format!("{} stopped: {reason}", stage.as_str()));
         }
         if let Some(e) = &s.log_error {
-            reasons.push(format!("write-ahead log not writable: {e}"));
+            reasons.push(e.clone());
         }
         let now = Instant::now();
         match (&s.storage.failing, s.storage.last_ok) {

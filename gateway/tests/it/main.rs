@@ -1,6 +1,7 @@
 //! Integration tests: the real gateway on port 0, spoken to over HTTP.
 
 mod assign;
+mod cluster;
 mod cluster_log;
 mod common;
 mod crash;
