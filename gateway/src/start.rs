@@ -138,6 +138,16 @@ pub async fn run_writer(
             .map_err(|e| StartError::Runtime(e.into()))?
     );
     tracing::info!(%owner, partitions = cluster.log.partitions, "writer started");
+    // As on one node: storage is probed besides every upload, so /readyz reports it.
+    let prober = tokio::spawn({
+        let (sink, health) = (sink.clone(), health.clone());
+        async move {
+            loop {
+                let _ = sink.probe(&health).await;
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            }
+        }
+    });
     let status = tokio::spawn(crate::http::serve_status(listener, health.clone(), metrics));
     crate::cluster::writer::run(
         log,
@@ -153,5 +163,6 @@ pub async fn run_writer(
     )
     .await;
     status.abort();
+    prober.abort();
     Ok(())
 }
