@@ -294,7 +294,8 @@ async fn without_a_reachable_server_calls_fail_retryable() {
     let mut cluster = NatsCluster::start();
     cluster.wait_healthy().await;
     let log = NatsLog::connect(config(cluster.urls(), 1)).await.unwrap();
-    log.append(0, "x-1", Bytes::from("1")).await.unwrap();
+    // A new stream may still be electing its first leader.
+    append_until_acked(&log, 0, "x-1", "1").await;
     for i in 0..3 {
         cluster.kill(i);
     }
