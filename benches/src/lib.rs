@@ -45,3 +45,48 @@ pub fn ten_experiments() -> String {
     }
     json!({"experiments": list}).to_string()
 }
+
+/// Where a request number goes in every event id of a [`BodyTemplate`].
+const MARK: &[u8] = b"bench-";
+
+/// Bodies differ only in a fixed-width request number spliced into every event id.
+pub struct BodyTemplate {
+    bytes: Vec<u8>,
+    slots: Vec<usize>,
+}
+
+impl BodyTemplate {
+    pub fn new(events: usize) -> Self {
+        let bytes = batch_body(events, "bench-000000000000");
+        let slots = bytes
+            .windows(MARK.len())
+            .enumerate()
+            .filter(|(_, w)| *w == MARK)
+            .map(|(i, _)| i + MARK.len())
+            .collect();
+        Self { bytes, slots }
+    }
+
+    pub fn render(&self, n: u64) -> Vec<u8> {
+        let mut out = self.bytes.clone();
+        let digits = format!("{n:012}");
+        for &s in &self.slots {
+            out[s..s + 12].copy_from_slice(digits.as_bytes());
+        }
+        out
+    }
+}
+
+/// The middle value (the upper one of an even count); NaN for none.
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The `p` quantile of sorted latencies, in milliseconds; NaN for none.
+pub fn percentile_ms(sorted: &[std::time::Duration], p: f64) -> f64 {
+    let at = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
+    sorted
+        .get(at)
+        .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+}

@@ -364,50 +364,96 @@ impl EventColumns {
 
 /// Turn the fresh events and the rejections of one request into rows per partition; `source`
 /// names the write key that sent them.
-///
-/// Typical requests touch one or two partitions, so the groups are a short list, not a map.
 pub fn rows(
     fresh: &FreshBatch<'_>,
     received_micros: i64,
     bounds: PartitionBounds,
     source: Option<&str>,
 ) -> Vec<PartitionRows> {
-    let mut groups: Vec<(PartitionKey, EventColumns)> = Vec::new();
-    let n = fresh.accepted().max(1);
-    for (event, _) in fresh
-        .valid
-        .events
-        .iter()
-        .zip(&fresh.fresh)
-        .filter(|(_, f)| **f)
-    {
-        let (hour, out_of_bounds) = bounds.hour(event.ts_micros, received_micros);
-        let table = match event.kind {
-            EventKind::Assignment => Table::Assignments,
-            EventKind::Conversion => Table::Conversions,
-        };
-        let key = PartitionKey { table, hour };
-        let columns = match groups.iter().position(|(k, _)| *k == key) {
-            Some(i) => &mut groups[i].1,
-            None => {
-                groups.push((key, EventColumns::new(n)));
-                &mut groups.last_mut().expect("just pushed").1
-            }
-        };
-        columns.append(event, received_micros, out_of_bounds, source);
+    let mut rows = RowsBuilder::new(fresh.accepted());
+    rows.add(fresh, received_micros, bounds, source);
+    rows.finish()
+}
+
+/// Rows of several requests at once, each with its own receive time, bounds and source: one
+/// Arrow batch per partition for all of them, which is what a cluster writer wants for the
+/// many small segments of one log message. Rows keep their requests' order.
+///
+/// Typical requests touch one or two partitions, so the groups are a short list, not a map.
+#[derive(Default)]
+pub struct RowsBuilder {
+    /// By partition and whether the rows are late.
+    groups: Vec<((PartitionKey, bool), EventColumns)>,
+    rejected: Vec<PartitionRows>,
+    capacity: usize,
+}
+
+impl std::fmt::Debug for RowsBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RowsBuilder")
+            .field("groups", &self.groups.len())
+            .finish()
     }
-    let mut out: Vec<PartitionRows> = groups
-        .into_iter()
-        .map(|(key, columns)| PartitionRows {
-            key,
-            batch: columns.finish(key.table),
-            late: key.hour <= received_micros.div_euclid(MICROS_PER_HOUR) - LATE_AFTER_HOURS,
-        })
-        .collect();
-    if !fresh.valid.rejected.is_empty() {
-        out.push(rejected_rows(fresh, received_micros, source));
+}
+
+impl RowsBuilder {
+    /// `capacity`: about how many rows a partition's arrays should make room for.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            capacity: capacity.max(1),
+            ..Self::default()
+        }
     }
-    out
+
+    pub fn add(
+        &mut self,
+        fresh: &FreshBatch<'_>,
+        received_micros: i64,
+        bounds: PartitionBounds,
+        source: Option<&str>,
+    ) {
+        let late_before = received_micros.div_euclid(MICROS_PER_HOUR) - LATE_AFTER_HOURS;
+        for (event, _) in fresh
+            .valid
+            .events
+            .iter()
+            .zip(&fresh.fresh)
+            .filter(|(_, f)| **f)
+        {
+            let (hour, out_of_bounds) = bounds.hour(event.ts_micros, received_micros);
+            let table = match event.kind {
+                EventKind::Assignment => Table::Assignments,
+                EventKind::Conversion => Table::Conversions,
+            };
+            let key = (PartitionKey { table, hour }, hour <= late_before);
+            let columns = match self.groups.iter().position(|(k, _)| *k == key) {
+                Some(i) => &mut self.groups[i].1,
+                None => {
+                    self.groups.push((key, EventColumns::new(self.capacity)));
+                    &mut self.groups.last_mut().expect("just pushed").1
+                }
+            };
+            columns.append(event, received_micros, out_of_bounds, source);
+        }
+        if !fresh.valid.rejected.is_empty() {
+            self.rejected
+                .push(rejected_rows(fresh, received_micros, source));
+        }
+    }
+
+    pub fn finish(self) -> Vec<PartitionRows> {
+        let mut out: Vec<PartitionRows> = self
+            .groups
+            .into_iter()
+            .map(|((key, late), columns)| PartitionRows {
+                key,
+                batch: columns.finish(key.table),
+                late,
+            })
+            .collect();
+        out.extend(self.rejected);
+        out
+    }
 }
 
 fn rejected_rows(

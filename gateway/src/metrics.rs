@@ -41,6 +41,7 @@ pub const SRM_P_VALUE: &str = "gateway_experiment_srm_p_value";
 pub const SRM_DETECTED: &str = "gateway_experiment_srm";
 pub const SDK_CALLS_SKIPPED: &str = "gateway_sdk_calls_skipped_total";
 pub const CLUSTER_APPENDS: &str = "gateway_cluster_appends_total";
+pub const CLUSTER_SEGMENTS: &str = "gateway_cluster_segments_total";
 pub const CLUSTER_APPEND_SECONDS: &str = "gateway_cluster_append_duration_seconds";
 pub const WRITER_PARTITIONS: &str = "gateway_writer_partitions";
 pub const WRITER_EVENTS: &str = "gateway_writer_events_total";
@@ -138,6 +139,10 @@ fn describe() {
     describe_counter!(
         CLUSTER_APPENDS,
         "Cluster mode: messages appended to the log, by outcome (stored, duplicate, retryable, permanent)."
+    );
+    describe_counter!(
+        CLUSTER_SEGMENTS,
+        "Cluster mode: requests' partition segments in the messages appended (over the messages: how many requests share one)."
     );
     describe_histogram!(
         CLUSTER_APPEND_SECONDS,

@@ -10,43 +10,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use benches::{BodyTemplate, median, percentile_ms};
 use gateway::config::AckMode;
 use gateway::{Config, Server};
-
-const MARK: &[u8] = b"bench-";
 
 struct RunResult {
     events_per_sec: f64,
     p50_ms: f64,
     p99_ms: f64,
-}
-
-/// Bodies differ only in a fixed-width request number spliced into every event id.
-struct BodyTemplate {
-    bytes: Vec<u8>,
-    slots: Vec<usize>,
-}
-
-impl BodyTemplate {
-    fn new(events: usize) -> Self {
-        let bytes = benches::batch_body(events, "bench-000000000000");
-        let slots = bytes
-            .windows(MARK.len())
-            .enumerate()
-            .filter(|(_, w)| *w == MARK)
-            .map(|(i, _)| i + MARK.len())
-            .collect();
-        Self { bytes, slots }
-    }
-
-    fn render(&self, n: u64) -> Vec<u8> {
-        let mut out = self.bytes.clone();
-        let digits = format!("{n:012}");
-        for &s in &self.slots {
-            out[s..s + 12].copy_from_slice(digits.as_bytes());
-        }
-        out
-    }
 }
 
 async fn run(ack: AckMode, batch: usize, seconds: u64) -> anyhow::Result<RunResult> {
@@ -107,21 +78,11 @@ async fn run(ack: AckMode, batch: usize, seconds: u64) -> anyhow::Result<RunResu
     let elapsed = started.elapsed().as_secs_f64();
     server.shutdown().await?;
     latencies.sort();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
-    };
     Ok(RunResult {
         events_per_sec: events as f64 / elapsed,
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
+        p50_ms: percentile_ms(&latencies, 0.50),
+        p99_ms: percentile_ms(&latencies, 0.99),
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 #[tokio::main]

@@ -1,24 +1,48 @@
-//! The gateway's side of cluster mode: a validated request's messages -> acknowledged appends.
+//! The gateway's side of cluster mode: validated requests' segments -> acknowledged appends.
 //!
-//! A request is acknowledged only when every one of its messages is: each append waits for the
-//! engine's ack (a quorum of replicas, synced). If any fails, the request fails and the client
-//! retries; the messages that did make it are recognised by their idempotency keys on the
-//! retry, so nothing is doubled.
+//! A request is acknowledged only when every one of its segments is: each is appended in a
+//! message, and the message waits for the engine's ack (a quorum of replicas, synced). If any
+//! fails, the request fails and the client retries.
 //!
-//! Counts: `accepted` is the events of messages stored by this request; `duplicates` the events
-//! of messages the log already had (the same request, sent before to any gateway). An event
-//! re-sent inside a *different* request is counted as accepted here and dropped by the
-//! partition's writer, which is where fleet-wide dedup happens.
+//! Each partition has a queue per gateway. At most [`IN_FLIGHT`] of its messages are appended at
+//! once; segments that arrive meanwhile go out together in the next message, up to the engine's
+//! largest message. An idle gateway sends a request's segment alone, as soon as it comes; a busy
+//! one sends a few large messages instead of many small ones. The engine's cost is mostly per
+//! message (a replicated, synced write), so this is what lets it keep up.
+//!
+//! Counts: `accepted` is the events of this request in messages the log stored; `duplicates` the
+//! events of messages the log already had, which happens when a message is sent again exactly as
+//! it was (the same request re-sent while it had its partition's queue to itself both times).
+//! Every other repeat of an event, in a re-sent request or another one, at any gateway, is
+//! counted as accepted here and dropped by the partition's writer, which is where fleet-wide
+//! dedup happens.
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use super::message::Outgoing;
+use tokio::sync::{Semaphore, oneshot};
+
+use super::message::{self, GROUP_OVERHEAD, Outgoing, SEGMENT_OVERHEAD};
 use super::{LogError, PartitionedLog};
 
-/// Appends requests' messages to the log.
+/// Messages one gateway may have in flight to one partition.
+pub const IN_FLIGHT: usize = 2;
+
+/// Room left in a message for the engine's own headers (the idempotency key, the subject).
+const HEADROOM: usize = 1024;
+
+/// Appends requests' segments to the log.
 #[derive(Debug)]
 pub struct Appender<L> {
     log: L,
+    queues: Vec<flume::Sender<Pending>>,
+}
+
+/// A segment waiting for its message's ack; the answer is whether the log had it already.
+#[derive(Debug)]
+struct Pending {
+    segment: Outgoing,
+    reply: oneshot::Sender<Result<bool, LogError>>,
 }
 
 /// What the log said about one request.
@@ -29,44 +53,45 @@ pub struct Appended {
 }
 
 impl<L: PartitionedLog> Appender<L> {
+    /// Start a queue per partition (on the current tokio runtime).
     pub fn new(log: L) -> Self {
-        Self { log }
+        let queues = (0..log.partitions())
+            .map(|p| {
+                let (tx, rx) = flume::unbounded();
+                tokio::spawn(send_messages(log.clone(), p, rx));
+                tx
+            })
+            .collect();
+        Self { log, queues }
     }
 
     pub fn partitions(&self) -> u32 {
         self.log.partitions()
     }
 
-    /// Append every message at once and wait for all the acks.
-    pub async fn append(&self, messages: Vec<Outgoing>) -> Result<Appended, LogError> {
+    /// Queue every segment at once and wait for all the acks.
+    pub async fn append(&self, segments: Vec<Outgoing>) -> Result<Appended, LogError> {
         let started = Instant::now();
-        let results = futures::future::join_all(messages.into_iter().map(|m| async move {
-            let result = self.log.append(m.partition, &m.id, m.payload).await;
-            (m.events, result)
-        }))
-        .await;
+        let mut waiting = Vec::with_capacity(segments.len());
+        for segment in segments {
+            let (reply, answer) = oneshot::channel();
+            let events = segment.events;
+            let queue = &self.queues[segment.partition as usize];
+            let queued = queue.send(Pending { segment, reply }).is_ok();
+            waiting.push((events, queued, answer));
+        }
         let mut counts = Appended::default();
         let mut first_error = None;
-        for (events, result) in results {
+        for (events, queued, answer) in waiting {
+            let stopped = || LogError::Other("the partition's append queue stopped".into());
+            let result = match queued {
+                true => answer.await.unwrap_or_else(|_| Err(stopped())),
+                false => Err(stopped()),
+            };
             match result {
-                Ok(a) if a.duplicate => {
-                    metrics::counter!(crate::metrics::CLUSTER_APPENDS, "outcome" => "duplicate")
-                        .increment(1);
-                    counts.duplicates += events;
-                }
-                Ok(_) => {
-                    metrics::counter!(crate::metrics::CLUSTER_APPENDS, "outcome" => "stored")
-                        .increment(1);
-                    counts.accepted += events;
-                }
+                Ok(true) => counts.duplicates += events,
+                Ok(false) => counts.accepted += events,
                 Err(e) => {
-                    let class = if e.is_retryable() {
-                        "retryable"
-                    } else {
-                        "permanent"
-                    };
-                    metrics::counter!(crate::metrics::CLUSTER_APPENDS, "outcome" => class)
-                        .increment(1);
                     first_error.get_or_insert(e);
                 }
             }
@@ -77,5 +102,57 @@ impl<L: PartitionedLog> Appender<L> {
             Some(e) => Err(e),
             None => Ok(counts),
         }
+    }
+}
+
+/// One partition's queue: group what waits into messages, at most [`IN_FLIGHT`] at a time.
+async fn send_messages<L: PartitionedLog>(log: L, partition: u32, queue: flume::Receiver<Pending>) {
+    let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut carried: Option<Pending> = None;
+    loop {
+        let first = match carried.take() {
+            Some(p) => p,
+            None => match queue.recv_async().await {
+                Ok(p) => p,
+                Err(_) => return, // the appender is gone
+            },
+        };
+        // Segments queue up while every slot is busy: that wait is what makes messages large.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let limit = log.max_message_bytes().saturating_sub(HEADROOM);
+        let mut bytes = GROUP_OVERHEAD + SEGMENT_OVERHEAD + first.segment.payload.len();
+        let mut group = vec![first];
+        while let Ok(next) = queue.try_recv() {
+            let more = SEGMENT_OVERHEAD + next.segment.payload.len();
+            if bytes + more > limit {
+                carried = Some(next);
+                break;
+            }
+            bytes += more;
+            group.push(next);
+        }
+        let log = log.clone();
+        tokio::spawn(async move {
+            let (id, payload) = {
+                let segments: Vec<&Outgoing> = group.iter().map(|p| &p.segment).collect();
+                message::group(partition, &segments)
+            };
+            let result = log.append(partition, &id, payload).await;
+            drop(slot);
+            let outcome = match &result {
+                Ok(a) if a.duplicate => "duplicate",
+                Ok(_) => "stored",
+                Err(e) if e.is_retryable() => "retryable",
+                Err(_) => "permanent",
+            };
+            metrics::counter!(crate::metrics::CLUSTER_APPENDS, "outcome" => outcome).increment(1);
+            metrics::counter!(crate::metrics::CLUSTER_SEGMENTS).increment(group.len() as u64);
+            let answer = result.map(|a| a.duplicate);
+            for p in group {
+                let _ = p.reply.send(answer.clone());
+            }
+        });
     }
 }

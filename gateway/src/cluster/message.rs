@@ -1,20 +1,26 @@
-//! What gateways append to a partition and writers read back: one message per (request,
-//! partition), and the cut markers writers put between them.
+//! What gateways append to a partition and writers read back: messages holding the partition's
+//! share of one or more requests, and the cut markers writers put between them.
 //!
 //! - An event's partition is a hash of (table, `event_id`) ([`event_key`]), so every copy of an
 //!   event, whichever gateway took it, meets the others in one partition, in one writer.
-//! - A batch message carries the request's receive time, partition bounds and source (what the
-//!   rows depend on besides the events), the partition's events as the JSON text the client sent,
-//!   and its rejections as the gateway decided them. Writers validate the events again: the rows
-//!   are the same pure function of the message as the single-node gateway's of its log record.
-//! - Its idempotency key is a hash of the partition and the keys of its events (and the text of
-//!   its rejections), in order: a request retried at any gateway produces the same messages, and
-//!   the log stores each once.
+//! - A request's share of a partition is a *segment*: the request's receive time, partition
+//!   bounds and source (what the rows depend on besides the events), the partition's events as
+//!   the JSON text the client sent, and its rejections as the gateway decided them. Writers
+//!   validate the events again: the rows are the same pure function of the segment as the
+//!   single-node gateway's of its log record.
+//! - A segment's id is a hash of the partition and the keys of its events (and the text of its
+//!   rejections), in order: a request re-sent to any gateway has the same segments.
+//! - A gateway appends the segments that queued for a partition while its previous appends were
+//!   in flight as one message ([`group`]): the log's cost is per message, so this is what lets
+//!   the log keep up with many small requests. The message's idempotency key is a hash of its
+//!   segments' ids, so a message the gateway sends again is stored once; the writers drop
+//!   events seen before, whatever message carried them.
 //!
-//! Layout, little-endian: magic `EXB1`, `received_micros` i64, `max_past_micros` i64,
-//! `max_future_micros` i64, source (u8 present, u32 length, bytes), events (u32 length, a JSON
-//! array of the event objects), rejections (u32 count; each: u32 index, u8 code, u8 has id,
-//! then u32-length-prefixed id, message and raw text). A cut marker is the four bytes `EXC1`.
+//! Layout, little-endian: magic `EXB2`, u32 segment count, then per segment a u32 length and
+//! the segment: `received_micros` i64, `max_past_micros` i64, `max_future_micros` i64, source
+//! (u8 present, u32 length, bytes), events (u32 length, a JSON array of the event objects),
+//! rejections (u32 count; each: u32 index, u8 code, u8 has id, then u32-length-prefixed id,
+//! message and raw text). A cut marker is the four bytes `EXC1`.
 
 use std::borrow::Cow;
 
@@ -24,7 +30,7 @@ use xxhash_rust::xxh3::{Xxh3, xxh3_64, xxh3_128_with_seed};
 use crate::batch::PartitionBounds;
 use crate::validate::{EventKind, RejectCode, Rejection, ValidBatch};
 
-const BATCH_MAGIC: &[u8; 4] = b"EXB1";
+const BATCH_MAGIC: &[u8; 4] = b"EXB2";
 const MARKER_MAGIC: &[u8; 4] = b"EXC1";
 
 /// The dedup identity of an event in cluster mode: its table and its `event_id`.
@@ -50,15 +56,39 @@ pub struct Header<'a> {
     pub source: Option<&'a str>,
 }
 
-/// One message to append.
+/// A request's share of one partition, to append.
 #[derive(Debug)]
 pub struct Outgoing {
     pub partition: u32,
-    /// The idempotency key.
+    /// The segment's identity (its partition and the hash of its content's keys).
     pub id: String,
+    /// The encoded segment.
     pub payload: Bytes,
     /// Valid events in it.
     pub events: usize,
+}
+
+/// Bytes a message adds to its segments: the magic and count, and a length per segment.
+pub const GROUP_OVERHEAD: usize = 8;
+pub const SEGMENT_OVERHEAD: usize = 4;
+
+/// One message of `segments` (all of `partition`), and its idempotency key.
+pub fn group(partition: u32, segments: &[&Outgoing]) -> (String, Bytes) {
+    let mut id = Xxh3::new();
+    let size: usize = segments
+        .iter()
+        .map(|s| s.payload.len() + SEGMENT_OVERHEAD)
+        .sum();
+    let mut buf = BytesMut::with_capacity(GROUP_OVERHEAD + size);
+    buf.put_slice(BATCH_MAGIC);
+    buf.put_u32_le(segments.len() as u32);
+    for s in segments {
+        debug_assert_eq!(s.partition, partition);
+        id.update(&(s.id.len() as u64).to_le_bytes());
+        id.update(s.id.as_bytes());
+        put_str(&mut buf, &s.payload);
+    }
+    (format!("{partition}.{:032x}", id.digest128()), buf.freeze())
 }
 
 #[derive(Default)]
@@ -70,7 +100,7 @@ struct Building {
     id: Option<Xxh3>,
 }
 
-/// Split a validated request into one message per partition it touches. `raws[i]` is the
+/// Split a validated request into one segment per partition it touches. `raws[i]` is the
 /// text of element `i` ([`crate::validate::raw_elements`]).
 pub fn split(
     valid: &ValidBatch<'_>,
@@ -106,7 +136,6 @@ pub fn split(
         .filter_map(|(p, b)| {
             let id = b.id?;
             let mut buf = BytesMut::with_capacity(64 + b.events.len() + b.rejected.len());
-            buf.put_slice(BATCH_MAGIC);
             buf.put_i64_le(header.received_micros);
             buf.put_i64_le(header.bounds.max_past_micros);
             buf.put_i64_le(header.bounds.max_future_micros);
@@ -169,15 +198,20 @@ pub fn marker_id(partition: u32, prev_cut: u64) -> String {
     format!("cut.{partition}.{prev_cut}")
 }
 
+/// A segment read back.
+#[derive(Debug)]
+pub struct Segment<'a> {
+    pub header: Header<'a>,
+    /// A JSON array of the events (empty when there are none).
+    pub events: &'a [u8],
+    pub rejected: Vec<Rejection<'a>>,
+}
+
 /// A message read back.
 #[derive(Debug)]
 pub enum Decoded<'a> {
-    Batch {
-        header: Header<'a>,
-        /// A JSON array of the events (empty when there are none).
-        events: &'a [u8],
-        rejected: Vec<Rejection<'a>>,
-    },
+    /// Segments in the order they were appended.
+    Batch(Vec<Segment<'a>>),
     Marker,
 }
 
@@ -233,6 +267,19 @@ pub fn decode(payload: &[u8]) -> Result<Decoded<'_>, MalformedMessage> {
     if magic != BATCH_MAGIC {
         return Err(MalformedMessage("unknown magic"));
     }
+    let n = r.u32()?;
+    let mut segments = Vec::with_capacity(n.min(10_000) as usize);
+    for _ in 0..n {
+        segments.push(segment(r.bytes()?)?);
+    }
+    if !r.0.is_empty() {
+        return Err(MalformedMessage("trailing bytes"));
+    }
+    Ok(Decoded::Batch(segments))
+}
+
+fn segment(bytes: &[u8]) -> Result<Segment<'_>, MalformedMessage> {
+    let mut r = Reader(bytes);
     let received_micros = r.i64()?;
     let bounds = PartitionBounds {
         max_past_micros: r.i64()?,
@@ -265,9 +312,9 @@ pub fn decode(payload: &[u8]) -> Result<Decoded<'_>, MalformedMessage> {
         });
     }
     if !r.0.is_empty() {
-        return Err(MalformedMessage("trailing bytes"));
+        return Err(MalformedMessage("trailing bytes in a segment"));
     }
-    Ok(Decoded::Batch {
+    Ok(Segment {
         header: Header {
             received_micros,
             bounds,
@@ -317,14 +364,16 @@ mod tests {
             let (mut ids, mut rejected) = (Vec::new(), Vec::new());
             for m in &out {
                 assert!(m.id.starts_with(&format!("{}.", m.partition)));
-                let Decoded::Batch {
+                let (_, payload) = group(m.partition, &[m]);
+                let Decoded::Batch(mut segments) = decode(&payload).unwrap() else {
+                    panic!("a batch")
+                };
+                assert_eq!(segments.len(), 1);
+                let Segment {
                     header: h,
                     events,
                     rejected: r,
-                } = decode(&m.payload).unwrap()
-                else {
-                    panic!("a batch")
-                };
+                } = segments.remove(0);
                 assert_eq!(h.received_micros, header().received_micros);
                 assert_eq!(h.bounds, header().bounds);
                 assert_eq!(h.source, Some("web"));
@@ -359,6 +408,36 @@ mod tests {
     }
 
     #[test]
+    fn a_group_holds_its_segments_in_order_and_is_named_by_them() {
+        let first = messages(BODY, 1).remove(0);
+        let other = messages(&BODY.replace("\"a2\"", "\"a3\""), 1).remove(0);
+        let (id, payload) = group(0, &[&first, &other]);
+        let Decoded::Batch(segments) = decode(&payload).unwrap() else {
+            panic!("a batch")
+        };
+        let ids: Vec<Vec<String>> = segments
+            .iter()
+            .map(|s| {
+                validate(s.events, BodyFormat::JsonArray, 100)
+                    .unwrap()
+                    .events
+                    .iter()
+                    .map(|e| e.event_id.to_string())
+                    .collect()
+            })
+            .collect();
+        assert_eq!(ids, [["a1", "c1", "a2"], ["a1", "c1", "a3"]]);
+        assert_eq!(segments[1].rejected.len(), 1);
+        assert_eq!(
+            group(0, &[&first, &other]).0,
+            id,
+            "the same segments, the same key"
+        );
+        assert_ne!(group(0, &[&other, &first]).0, id);
+        assert_ne!(group(0, &[&first]).0, id);
+    }
+
+    #[test]
     fn the_table_is_part_of_the_key() {
         assert_ne!(
             event_key(EventKind::Assignment, "x"),
@@ -370,7 +449,12 @@ mod tests {
     fn markers_and_garbage() {
         assert!(matches!(decode(&marker()).unwrap(), Decoded::Marker));
         assert!(decode(b"nope").is_err());
-        let m = &messages(BODY, 1)[0].payload;
-        assert!(decode(&m[..m.len() - 1]).is_err());
+        let m = messages(BODY, 1).remove(0);
+        let (_, payload) = group(0, &[&m]);
+        assert!(decode(&payload).is_ok());
+        assert!(decode(&payload[..payload.len() - 1]).is_err());
+        let mut longer = payload.to_vec();
+        longer.push(0);
+        assert!(decode(&longer).is_err());
     }
 }

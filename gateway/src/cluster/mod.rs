@@ -48,7 +48,7 @@ pub struct LogMessage {
 
 /// Why an engine call failed, classified: retryable errors may succeed if the same call is made
 /// again (with the same idempotency key, so a retry never doubles a message).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum LogError {
     /// No answer in time, no server reachable, no leader (an election), the engine overloaded.
     #[error("the log is unavailable: {0}")]
@@ -113,6 +113,9 @@ pub trait PartitionedLog: Clone + Send + Sync + 'static {
     type Reader: PartitionReader;
 
     fn partitions(&self) -> u32;
+
+    /// The largest message the engine takes.
+    fn max_message_bytes(&self) -> usize;
 
     /// Append `payload` to `partition` under the idempotency key `id`, and wait for the ack.
     fn append(

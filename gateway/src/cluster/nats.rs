@@ -225,6 +225,13 @@ impl PartitionedLog for NatsLog {
         self.config.partitions
     }
 
+    fn max_message_bytes(&self) -> usize {
+        match self.js.client().server_info().max_payload {
+            0 => 1 << 20, // not connected yet: NATS's default
+            n => n,
+        }
+    }
+
     async fn append(&self, partition: u32, id: &str, payload: Bytes) -> Result<Appended, LogError> {
         NatsLog::append(self, partition, id, payload).await
     }

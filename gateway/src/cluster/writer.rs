@@ -76,8 +76,11 @@ impl PartitionError {
     }
 }
 
-/// Keys seen in the last `window` (plus the clock slack), with the latest time each was seen.
-struct Seen {
+/// Keys seen in the last `window` (plus the clock slack), with the latest time each was seen:
+/// a partition's dedup state. About 100 bytes per key held (a hash map entry and an occurrence
+/// in the eviction queue; `tests/writer_dedup_memory.rs` measures it).
+#[derive(Debug)]
+pub struct Seen {
     last: HashMap<u128, i64, BuildHasherDefault<KeyHasher>>,
     order: VecDeque<(i64, u128)>,
     window_us: i64,
@@ -86,7 +89,7 @@ struct Seen {
 }
 
 impl Seen {
-    fn new(window: Duration) -> Self {
+    pub fn new(window: Duration) -> Self {
         let window_us = window.as_micros() as i64;
         Seen {
             last: HashMap::default(),
@@ -98,7 +101,7 @@ impl Seen {
     }
 
     /// Record an occurrence of `key` at `at` (µs); true if none was within the window before.
-    fn admit(&mut self, key: u128, at: i64) -> bool {
+    pub fn admit(&mut self, key: u128, at: i64) -> bool {
         let fresh = match self.last.get_mut(&key) {
             Some(t) => {
                 let fresh = at.saturating_sub(*t) > self.window_us;
@@ -127,8 +130,12 @@ impl Seen {
         fresh
     }
 
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.last.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last.is_empty()
     }
 }
 
@@ -139,43 +146,43 @@ fn message_rows(
     partition: u32,
 ) -> Option<(Vec<PartitionRows>, usize, usize)> {
     let at = m.stored_at.timestamp_micros();
-    let (header, events, rejected) = match message::decode(&m.payload) {
-        Ok(Decoded::Batch {
-            header,
-            events,
-            rejected,
-        }) => (header, events, rejected),
+    let segments = match message::decode(&m.payload) {
+        Ok(Decoded::Batch(segments)) => segments,
         Ok(Decoded::Marker) => return None,
         Err(e) => {
             tracing::warn!(partition, seq = m.seq, error = %e, "skipping a message that is not a batch");
             return None;
         }
     };
-    let mut valid = if events.is_empty() {
-        ValidBatch::default()
-    } else {
-        match validate::decode(events, BodyFormat::JsonArray, usize::MAX) {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(partition, seq = m.seq, error = %e, "skipping a batch whose events do not decode");
-                return None;
+    let mut rows = batch::RowsBuilder::new(m.payload.len() / 256);
+    let (mut kept, mut dropped) = (0, 0);
+    for (i, segment) in segments.into_iter().enumerate() {
+        let mut valid = if segment.events.is_empty() {
+            ValidBatch::default()
+        } else {
+            match validate::decode(segment.events, BodyFormat::JsonArray, usize::MAX) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(partition, seq = m.seq, segment = i, error = %e, "skipping a segment whose events do not decode");
+                    continue;
+                }
             }
-        }
-    };
-    valid.rejected.extend(rejected);
-    let fresh: Vec<bool> = valid
-        .events
-        .iter()
-        .map(|e| seen.admit(event_key(e.kind, &e.event_id), at))
-        .collect();
-    let kept = fresh.iter().filter(|f| **f).count();
-    let dropped = fresh.len() - kept;
-    let fresh = FreshBatch::with_fresh(valid, fresh);
-    Some((
-        batch::rows(&fresh, header.received_micros, header.bounds, header.source),
-        kept,
-        dropped,
-    ))
+        };
+        valid.rejected.extend(segment.rejected);
+        // Earlier segments of the message count as earlier occurrences.
+        let fresh: Vec<bool> = valid
+            .events
+            .iter()
+            .map(|e| seen.admit(event_key(e.kind, &e.event_id), at))
+            .collect();
+        let k = fresh.iter().filter(|f| **f).count();
+        kept += k;
+        dropped += fresh.len() - k;
+        let fresh = FreshBatch::with_fresh(valid, fresh);
+        let h = segment.header;
+        rows.add(&fresh, h.received_micros, h.bounds, h.source);
+    }
+    Some((rows.finish(), kept, dropped))
 }
 
 fn micros_to_time(us: i64) -> DateTime<Utc> {

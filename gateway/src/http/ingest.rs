@@ -159,7 +159,7 @@ async fn ingest_collecting(
             move |plain, hold| job.run(plain, hold),
         )
         .await?;
-        let appended = cluster.append(p.messages).await;
+        let appended = cluster.append(p.segments).await;
         drop(p.hold);
         let appended = appended.map_err(|e| {
             state.pipeline.health.cluster_log_failed(e.to_string());
@@ -337,11 +337,11 @@ impl Job {
     }
 }
 
-/// A request in cluster mode: its messages, ready to append.
+/// A request in cluster mode: its segments, one per partition, ready to append.
 struct ClusterPrepared {
-    messages: Vec<crate::cluster::message::Outgoing>,
+    segments: Vec<crate::cluster::message::Outgoing>,
     rejected: Vec<RejectedEvent>,
-    /// The wire body and the messages.
+    /// The wire body and the segments.
     hold: Reservation,
 }
 
@@ -356,7 +356,7 @@ struct ClusterJob {
 impl ClusterJob {
     fn run(self, plain: &Bytes, mut hold: Reservation) -> Result<ClusterPrepared, ApiError> {
         let job = self.job;
-        // Decoded events and the messages together stay within twice the decompressed body.
+        // Decoded events and the segments together stay within twice the decompressed body.
         hold.grow(2 * plain.len()).map_err(ApiError::overloaded)?;
         let valid = validate::decode(plain, job.format, job.max_events).map_err(body_error)?;
         if let Some(writer) = &job.writer {
@@ -370,7 +370,7 @@ impl ClusterJob {
             })?;
         }
         let raws = validate::raw_elements(plain, job.format).map_err(body_error)?;
-        let messages = crate::cluster::message::split(
+        let segments = crate::cluster::message::split(
             &valid,
             &raws,
             crate::cluster::message::Header {
@@ -395,10 +395,10 @@ impl ClusterJob {
             &job.experiments,
             &crate::dedup::FreshBatch::with_fresh(valid, fresh),
         );
-        let message_bytes: usize = messages.iter().map(|m| m.payload.len()).sum();
+        let message_bytes: usize = segments.iter().map(|m| m.payload.len()).sum();
         let _ = hold.resize(job.wire_len + message_bytes);
         Ok(ClusterPrepared {
-            messages,
+            segments,
             rejected,
             hold,
         })

@@ -328,6 +328,11 @@ pub fn event_ids(root: &Path, table: &str) -> Vec<String> {
 /// binary as its argument; it must print `N passed, 0 failed`. Python comes from
 /// `LAKE_CHECK_PYTHON`, else the workspace's `.venv`, else `python3`, and must have `modules`.
 pub fn python_check(script: &str, modules: &str) {
+    python_check_with(script, modules, &[env!("CARGO_BIN_EXE_gateway")]);
+}
+
+/// Run `tests/{script}` with `args`; it must exit 0 and report " passed, 0 failed".
+pub fn python_check_with(script: &str, modules: &str, args: &[&str]) {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
     let venv = manifest.join("../.venv/bin/python");
     let python = std::env::var("LAKE_CHECK_PYTHON").unwrap_or_else(|_| {
@@ -346,7 +351,7 @@ pub fn python_check(script: &str, modules: &str) {
     );
     let out = std::process::Command::new(&python)
         .arg(manifest.join("tests").join(script))
-        .arg(env!("CARGO_BIN_EXE_gateway"))
+        .args(args)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
