@@ -3,7 +3,6 @@
 //!
 //! `cargo bench -p benches --bench pipeline`; throughput is in events.
 
-use std::borrow::Cow;
 use std::time::Duration;
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
@@ -12,34 +11,12 @@ use gateway::dedup::{DedupConfig, DedupWindow};
 use gateway::validate::{self, BodyFormat};
 use gateway::wal::LoggedBatch;
 use gateway::writer::{FileWriter, FlushPolicy, Lane};
-use serde::Deserialize;
 
 const EVENTS: usize = 100;
 const BOUNDS: PartitionBounds = PartitionBounds {
     max_past_micros: 7 * 24 * 3_600_000_000,
     max_future_micros: 3_600_000_000,
 };
-
-#[allow(dead_code)]
-#[derive(Deserialize)]
-struct Borrowed<'a> {
-    #[serde(borrow)]
-    event_id: Cow<'a, str>,
-    #[serde(borrow, rename = "type")]
-    kind: Cow<'a, str>,
-    ts: i64,
-    #[serde(borrow)]
-    user_id: Cow<'a, str>,
-    #[serde(borrow)]
-    experiment: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    variant: Option<Cow<'a, str>>,
-    #[serde(borrow)]
-    name: Option<Cow<'a, str>>,
-    value: Option<f64>,
-    #[serde(borrow)]
-    props: Option<&'a serde_json::value::RawValue>,
-}
 
 fn dedup() -> DedupWindow {
     DedupWindow::new(DedupConfig {
@@ -54,7 +31,7 @@ fn stages(c: &mut Criterion) {
     g.throughput(Throughput::Elements(EVENTS as u64));
 
     g.bench_function("baseline_serde_derive_borrowed", |b| {
-        b.iter(|| serde_json::from_slice::<Vec<Borrowed<'_>>>(&body).unwrap())
+        b.iter(|| serde_json::from_slice::<Vec<benches::BorrowedEvent<'_>>>(&body).unwrap())
     });
     g.bench_function("decode_validate", |b| {
         b.iter(|| validate::decode(&body, BodyFormat::JsonArray, 10_000).unwrap())

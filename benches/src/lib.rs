@@ -1,5 +1,8 @@
 //! Inputs shared by the benches: realistic request bodies and experiment files.
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 /// A JSON array of `n` events (2/3 assignments with props, 1/3 conversions), ids prefixed by
@@ -89,4 +92,73 @@ pub fn percentile_ms(sorted: &[std::time::Duration], p: f64) -> f64 {
     sorted
         .get(at)
         .map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// An event of [`batch_body`] as serde_json's derive reads it, borrowing from the body: the
+/// floor for parsing that the benches compare validation with.
+#[allow(dead_code)]
+#[derive(Debug, Deserialize)]
+pub struct BorrowedEvent<'a> {
+    #[serde(borrow)]
+    event_id: Cow<'a, str>,
+    #[serde(borrow, rename = "type")]
+    kind: Cow<'a, str>,
+    ts: i64,
+    #[serde(borrow)]
+    user_id: Cow<'a, str>,
+    #[serde(borrow)]
+    experiment: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    variant: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    name: Option<Cow<'a, str>>,
+    value: Option<f64>,
+    #[serde(borrow)]
+    props: Option<&'a serde_json::value::RawValue>,
+}
+
+fn proc_file(pid: u32, file: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default()
+}
+
+/// User plus system CPU seconds a process has used (`/proc/PID/stat`, in clock ticks of
+/// 1/100 s); 0 once it is gone.
+pub fn cpu_seconds(pid: u32) -> f64 {
+    let stat = proc_file(pid, "stat");
+    // The fields after the command name, which is in parentheses and may hold spaces: utime
+    // and stime are the 12th and 13th of them.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
+    (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
+}
+
+/// A process's peak resident set size in MiB (`VmHWM`); 0 once it is gone.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    proc_file(pid, "status")
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+/// Bytes of the files under `dir` (recursively) whose names end with `suffix` ("" for all).
+pub fn tree_bytes(dir: &std::path::Path, suffix: &str) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |entries| {
+        entries
+            .flatten()
+            .map(|e| {
+                let path = e.path();
+                if path.is_dir() {
+                    tree_bytes(&path, suffix)
+                } else if path.to_string_lossy().ends_with(suffix) {
+                    e.metadata().map_or(0, |m| m.len())
+                } else {
+                    0
+                }
+            })
+            .sum()
+    })
 }

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use benches::{BodyTemplate, median, percentile_ms};
+use benches::{BodyTemplate, cpu_seconds, median, peak_rss_mib, percentile_ms, tree_bytes};
 
 const BATCH: usize = 100;
 
@@ -71,40 +71,13 @@ impl Drop for Proc {
 }
 
 impl Proc {
-    /// User plus system CPU seconds so far (`/proc/PID/stat`, in clock ticks of 1/100 s).
     fn cpu_seconds(&self) -> f64 {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) else {
-            return 0.0;
-        };
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
-        // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-        (ticks(11).unwrap_or(0.0) + ticks(12).unwrap_or(0.0)) / 100.0
+        cpu_seconds(self.child.id())
     }
 
-    /// Peak resident set size in MiB (`VmHWM`).
     fn peak_rss_mib(&self) -> f64 {
-        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-            })
-            .map_or(0.0, |kib| kib / 1024.0)
+        peak_rss_mib(self.child.id())
     }
-}
-
-fn own_cpu_seconds() -> f64 {
-    let usage = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = usage.rsplit_once(')').map_or("", |(_, r)| r).to_owned();
-    let fields: Vec<f64> = rest
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0.0))
-        .collect();
-    (fields.get(11).unwrap_or(&0.0) + fields.get(12).unwrap_or(&0.0)) / 100.0
 }
 
 /// Start the gateway binary (`role` = `writer` for the writer) and wait for its address.
@@ -343,22 +316,6 @@ struct RunResult {
     nats_disk_per_event: f64,
 }
 
-fn dir_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir).map_or(0, |entries| {
-        entries
-            .flatten()
-            .map(|e| {
-                let p = e.path();
-                if p.is_dir() {
-                    dir_bytes(&p)
-                } else {
-                    e.metadata().map_or(0, |m| m.len())
-                }
-            })
-            .sum()
-    })
-}
-
 async fn run(
     mode: Mode,
     seconds: u64,
@@ -451,7 +408,7 @@ async fn run(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let cpu_before: Vec<f64> = procs.iter().map(Proc::cpu_seconds).collect();
-    let own_before = own_cpu_seconds();
+    let own_before = cpu_seconds(std::process::id());
 
     let result = load(&bases, clients, seconds, tag).await;
     let load_end = Instant::now();
@@ -511,7 +468,7 @@ async fn run(
         *rss = rss.max(p.peak_rss_mib());
     }
     let nats_disk_per_event = if mode == Mode::Cluster {
-        dir_bytes(&dir.path().join("n1")) as f64 / want as f64
+        tree_bytes(&dir.path().join("n1"), "") as f64 / want as f64
     } else {
         0.0
     };
@@ -524,7 +481,7 @@ async fn run(
         p99_ms: percentile_ms(&result.latencies, 0.99),
         refused: result.refused,
         cpu_per_m,
-        client_cpu_per_m: (own_cpu_seconds() - own_before) / millions,
+        client_cpu_per_m: (cpu_seconds(std::process::id()) - own_before) / millions,
         peak_rss,
         nats_disk_per_event,
         segments_per_message: if messages > 0.0 {
