@@ -24,8 +24,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use crate::batch::{PartitionKey, PartitionRows};
 use crate::wal::LoggedBatch;
@@ -115,6 +116,14 @@ fn properties(max_rows: usize) -> WriterProperties {
             ZstdLevel::try_new(3).expect("valid zstd level"),
         ))
         .set_dictionary_enabled(true)
+        // Unique per row: a dictionary only costs a page of misses before the fallback, and
+        // the lengths apart from the bytes let zstd see the ids' characters alone (a UUID
+        // column: 21.1 -> 19.0 bytes per event, `parquet_size`).
+        .set_column_dictionary_enabled(ColumnPath::from("event_id"), false)
+        .set_column_encoding(
+            ColumnPath::from("event_id"),
+            Encoding::DELTA_LENGTH_BYTE_ARRAY,
+        )
         .set_max_row_group_row_count(Some(max_rows.clamp(1, 1 << 20)))
         .set_created_by(format!("experiment-gateway {}", env!("CARGO_PKG_VERSION")))
         .build()

@@ -11,7 +11,7 @@
 //!
 //! ```sh
 //! cargo build --release -p gateway -p benches
-//! target/release/vs_baselines [SECONDS] [RUNS] [SIZES]     # 10 3 1,100,1000
+//! target/release/vs_baselines [SECONDS] [RUNS] [SIZES]     # 10 3 1,100,1000; `-`: assign only
 //! ```
 //!
 //! Needs `wrk` (Debian: `apt-get install wrk`) and `taskset`; the gateway and `baseline` binaries
@@ -354,6 +354,7 @@ fn main() -> anyhow::Result<()> {
         .get(3)
         .map_or("1,100,1000", String::as_str)
         .split(',')
+        .filter(|s| *s != "-")
         .map(str::parse)
         .collect::<Result<_, _>>()
         .context("SIZES: comma-separated events per request")?;
@@ -452,8 +453,12 @@ fn main() -> anyhow::Result<()> {
             .runs
             .push(run(Target::Gateway, dir.path(), None, seconds, delay_ms)?);
     }
-    let trivial = assign.remove(0);
     assign.push(half_row);
+    let trivial = Row {
+        label: assign[0].label.clone(),
+        events_per_request: 1,
+        runs: assign[0].runs.clone(),
+    };
     print_table(
         &format!(
             "GET /v1/assign, 10 experiments, {CONNECTIONS} connections, median of {runs} runs of \
