@@ -346,7 +346,8 @@ struct ClusterPrepared {
 }
 
 /// Cluster mode's work on a body: decode and rate-limit as on one node, then split the events
-/// into one message per partition. No dedup here: the partitions' writers do it.
+/// into one segment per partition, which the appender groups into messages. No dedup here: the
+/// partitions' writers do it.
 struct ClusterJob {
     job: Job,
     source: Option<Arc<str>>,
