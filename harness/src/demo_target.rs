@@ -5,7 +5,11 @@
 //! It reads the variant from, in order: the header `--variant-header` (default `x-variant`),
 //! the query parameter `--variant-query` (default `variant`), or any path segment equal to a
 //! variant it has a cost for, so it serves profiles of all three `variant_in` kinds. An
-//! unknown or missing variant costs nothing. Answers 200 `{"variant": "..."}` to any path.
+//! unknown or missing variant costs nothing. Answers 200 `{"variant": "..."}` to any path
+//! but `GET /metrics`, which gives the process's CPU seconds and resident memory in the
+//! Prometheus text format (`process_cpu_seconds_total`, `process_resident_memory_bytes`, the
+//! names of the standard process collector), so the harness can measure resource use per
+//! variant when each variant has its own demo target.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -120,10 +124,51 @@ fn variant_of(config: &DemoConfig, req: &Request<Incoming>) -> Option<String> {
         .map(str::to_string)
 }
 
+/// CPU seconds (user + system) of this process, from `getrusage` (microsecond resolution,
+/// where `/proc/self/stat` counts 10 ms ticks).
+pub fn process_cpu_seconds() -> Option<f64> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+    let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Some(seconds(usage.user_time()) + seconds(usage.system_time()))
+}
+
+/// Resident set size of this process in bytes, from `VmRSS` in `/proc/self/status`.
+pub fn process_resident_bytes() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kib: f64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kib * 1024.0)
+}
+
+fn metrics_text() -> String {
+    let mut out = String::new();
+    if let Some(cpu) = process_cpu_seconds() {
+        out.push_str(
+            "# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.\n",
+        );
+        out.push_str("# TYPE process_cpu_seconds_total counter\n");
+        out.push_str(&format!("process_cpu_seconds_total {cpu}\n"));
+    }
+    if let Some(rss) = process_resident_bytes() {
+        out.push_str("# HELP process_resident_memory_bytes Resident memory size in bytes.\n");
+        out.push_str("# TYPE process_resident_memory_bytes gauge\n");
+        out.push_str(&format!("process_resident_memory_bytes {rss}\n"));
+    }
+    out
+}
+
 async fn handle(
     config: Arc<DemoConfig>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/metrics" && req.method() == hyper::Method::GET {
+        let response = Response::builder()
+            .header("content-type", "text/plain; version=0.0.4")
+            .body(Full::new(Bytes::from(metrics_text())))
+            .unwrap_or_else(|_| Response::new(Full::new(Bytes::new())));
+        return Ok(response);
+    }
     let variant = variant_of(&config, &req);
     if let Some(v) = &variant {
         if let Some(&cpu) = config.cpu.get(v) {
@@ -234,6 +279,37 @@ mod tests {
         assert_eq!(body, r#"{"variant":"treatment"}"#);
         let (_, body) = get(addr, "/checkout", None).await;
         assert_eq!(body, r#"{"variant":null}"#);
+        target.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn metrics_count_the_cpu_a_variant_burns() {
+        let mut config = DemoConfig::new("127.0.0.1:0".parse().unwrap());
+        config.cpu = parse_costs("treatment=2ms").unwrap();
+        let target = DemoTarget::start(config).await.unwrap();
+        let addr = target.addr();
+        let cpu = |text: &str| -> f64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+                .expect("cpu sample")
+                .parse()
+                .unwrap()
+        };
+        let (_, before) = get(addr, "/metrics", None).await;
+        assert!(before.contains("# TYPE process_cpu_seconds_total counter"));
+        let rss: f64 = before
+            .lines()
+            .find_map(|l| l.strip_prefix("process_resident_memory_bytes "))
+            .expect("memory sample")
+            .parse()
+            .unwrap();
+        assert!(rss > 1e6, "{rss}");
+        for _ in 0..50 {
+            get(addr, "/checkout", Some("treatment")).await;
+        }
+        let (_, after) = get(addr, "/metrics", None).await;
+        // 50 requests x 2 ms of busy loop: at least 0.1 s more CPU (a lower bound only).
+        assert!(cpu(&after) - cpu(&before) >= 0.1, "{before}\n{after}");
         target.shutdown().await;
     }
 }

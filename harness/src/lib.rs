@@ -7,13 +7,17 @@
 //!   and variant), per-request records -> `RunData`.
 //! - `stats`: pure statistics: quantiles, block bootstrap, Holm, chi-square.
 //! - `verdict`: `RunData` -> `Summary` (pass / regression / inconclusive / invalid).
-//! - `report`: `summary.json`, `summary.md` and SVG plots beside goose's `report.html`.
+//! - `report`: `summary.json`, `summary.md`, SVG plots and an offline `report.html`.
+//! - `samples`: a run's raw samples on disk (`samples.csv`, `scrapes.csv`).
+//! - `compare`: `harness compare OLD NEW`, the same statistics between two stored runs.
 //! - `demo_target`: the reference target service with per-variant latency and CPU cost.
 
+pub mod compare;
 pub mod demo_target;
 pub mod profile;
 pub mod report;
 pub mod run;
+pub mod samples;
 pub mod stats;
 pub mod verdict;
 

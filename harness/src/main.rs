@@ -1,11 +1,12 @@
-//! `harness run PROFILE [--gateway URL] [--target URL] [--duration SECONDS] [--out DIR]`
-//! and `harness demo-target [--listen ADDR] [--delay SPEC] [--cpu SPEC]`.
+//! `harness run PROFILE [--gateway URL] [--target URL] [--variant-url VARIANT=URL]...
+//! [--duration SECONDS] [--out DIR]`, `harness compare OLD_RUN NEW_RUN [--out DIR]` and
+//! `harness demo-target [--listen ADDR] [--delay SPEC] [--cpu SPEC]`.
 //!
 //! Exit codes: 0 pass, 1 regression, 2 inconclusive, invalid, or no verdict at all (a bad
 //! profile, an unreachable gateway): anything but 0 and 1 means "do not trust this run".
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -32,9 +33,13 @@ enum Command {
         /// Gateway base URL, overriding gateway.url.
         #[arg(long, value_name = "URL")]
         gateway: Option<String>,
-        /// Target base URL, overriding target.url.
+        /// Target base URL for every variant, overriding target.url and target.urls.
         #[arg(long, value_name = "URL")]
         target: Option<String>,
+        /// One variant's deployment, such as treatment=http://127.0.0.1:8091 (repeatable;
+        /// applied after --target).
+        #[arg(long = "variant-url", value_name = "VARIANT=URL", value_parser = parse_variant_url)]
+        variant_urls: Vec<(String, String)>,
         /// Seconds at full load (after the ramp), overriding load.duration_seconds; a staged
         /// profile is stretched or squeezed to this total.
         #[arg(long, value_name = "SECONDS")]
@@ -42,6 +47,20 @@ enum Command {
         /// Where the reports go.
         #[arg(long, value_name = "DIR", default_value = "harness-out")]
         out: PathBuf,
+    },
+    /// Judge a new run against an earlier one from their recorded samples ("did this
+    /// release get slower than the last one?"); same statistics and exit codes as `run`.
+    Compare {
+        /// Output directory of the earlier run (the baseline).
+        old_run: PathBuf,
+        /// Output directory of the new run.
+        new_run: PathBuf,
+        /// Where compare.json and compare.md go.
+        #[arg(long, value_name = "DIR", default_value = "harness-compare")]
+        out: PathBuf,
+        /// Bootstrap seed (random if not given; always written to compare.json).
+        #[arg(long)]
+        seed: Option<u64>,
     },
     /// Serve the reference target with per-variant latency and CPU cost.
     DemoTarget {
@@ -79,6 +98,7 @@ fn main() -> ExitCode {
             profile,
             gateway,
             target,
+            variant_urls,
             duration,
             out,
         } => runtime.block_on(run(
@@ -86,10 +106,17 @@ fn main() -> ExitCode {
             Overrides {
                 gateway,
                 target,
+                variant_urls,
                 duration_seconds: duration,
             },
             out,
         )),
+        Command::Compare {
+            old_run,
+            new_run,
+            out,
+            seed,
+        } => compare(&old_run, &new_run, &out, seed),
         Command::DemoTarget {
             listen,
             delay,
@@ -133,6 +160,40 @@ async fn run(profile: PathBuf, overrides: Overrides, out: PathBuf) -> u8 {
             2
         }
     }
+}
+
+fn parse_variant_url(text: &str) -> Result<(String, String), String> {
+    let (variant, url) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not VARIANT=URL"))?;
+    if variant.is_empty() {
+        return Err(format!("`{text}` has no variant name"));
+    }
+    Ok((variant.to_string(), url.to_string()))
+}
+
+fn compare(old: &Path, new: &Path, out: &Path, seed: Option<u64>) -> u8 {
+    let load = |dir: &Path| harness::compare::StoredRun::load(dir);
+    let (old, new) = match (load(old), load(new)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("harness compare: {e:#}");
+            return 2;
+        }
+    };
+    let seed = seed.unwrap_or_else(rand::random);
+    let summary = harness::compare::compare(&old, &new, seed);
+    if let Err(e) = harness::compare::write(out, &summary) {
+        eprintln!("harness compare: {e:#}");
+        return 2;
+    }
+    let verdict = &summary.verdict;
+    println!("compare: {}", verdict.outcome.as_str());
+    for reason in &verdict.reasons {
+        println!("  - {reason}");
+    }
+    println!("reports in {}", out.display());
+    verdict.outcome.exit_code() as u8
 }
 
 async fn serve_demo(config: DemoConfig) -> u8 {

@@ -81,6 +81,7 @@ pub struct RawProfile {
     pub events: RawEvents,
     #[serde(default)]
     pub verdict: RawVerdict,
+    pub resources: Option<RawResources>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -94,6 +95,7 @@ pub struct RawGateway {
 #[serde(deny_unknown_fields)]
 pub struct RawExperiment {
     pub key: String,
+    pub events_key: Option<String>,
     pub control: Option<String>,
     pub weights: BTreeMap<String, f64>,
 }
@@ -102,6 +104,7 @@ pub struct RawExperiment {
 #[serde(deny_unknown_fields)]
 pub struct RawTarget {
     pub url: String,
+    pub urls: Option<BTreeMap<String, String>>,
     pub method: Option<String>,
     pub path: Option<String>,
     pub variant_in: Option<VariantIn>,
@@ -154,6 +157,17 @@ pub struct RawVerdict {
     pub seed: Option<u64>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResources {
+    pub metrics_path: Option<String>,
+    pub metrics_urls: Option<BTreeMap<String, String>>,
+    pub cpu_metric: Option<String>,
+    pub memory_metric: Option<String>,
+    pub scrape_ms: Option<u64>,
+    pub cpu_margin: Option<f64>,
+}
+
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawMargins {
@@ -170,6 +184,9 @@ pub struct Profile {
     /// Ask the gateway to log exposures itself (`log_exposure` in `/v1/assign`).
     pub log_exposure: bool,
     pub experiment: String,
+    /// Experiment key the posted events carry: `experiment` unless the profile names a
+    /// dedicated one, so load-test events can sit apart from users' in the lake.
+    pub events_key: String,
     /// Variant names; index 0 is the control.
     pub variants: Vec<String>,
     /// Weights in the order of `variants`, normalised to sum to 1.
@@ -178,12 +195,15 @@ pub struct Profile {
     pub load: Load,
     pub events: Events,
     pub verdict: VerdictConfig,
+    /// Resource use per variant, scraped from each deployment's Prometheus metrics.
+    pub resources: Option<Resources>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Target {
-    /// Base URL, no trailing slash.
-    pub url: String,
+    /// Base URL of each variant's deployment, no trailing slash, in the order of
+    /// `Profile::variants`: `target.url` unless `target.urls` names another one.
+    pub urls: Vec<String>,
     pub method: Method,
     /// Path starting with `/`; may hold `{variant}` (required when `variant_in = "path"`).
     pub path: String,
@@ -192,6 +212,17 @@ pub struct Target {
     pub variant_key: String,
     pub body: Option<String>,
     pub timeout: Duration,
+}
+
+impl Target {
+    /// The request path for `variant`, with the variant in it for `path` and `query`.
+    pub fn path_for(&self, variant: &str) -> String {
+        match self.variant_in {
+            VariantIn::Path => self.path.replace("{variant}", variant),
+            VariantIn::Query => format!("{}?{}={variant}", self.path, self.variant_key),
+            VariantIn::Header => self.path.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,6 +296,113 @@ pub struct Events {
     pub conversion_value: f64,
 }
 
+/// Where and what to scrape for each variant's resource use.
+#[derive(Debug, Clone)]
+pub struct Resources {
+    /// Metrics URL per variant, in the order of `Profile::variants`.
+    pub metrics_urls: Vec<String>,
+    pub cpu: MetricSelector,
+    pub memory: MetricSelector,
+    pub scrape_every: Duration,
+    /// Allowed relative increase of CPU per request before it is a regression.
+    pub cpu_margin: f64,
+    /// How `metrics_urls` is made from the deployments, kept for `--target` overrides.
+    pub derive: MetricsSource,
+}
+
+/// The profile's `resources.metrics_path` and `resources.metrics_urls`.
+#[derive(Debug, Clone)]
+pub struct MetricsSource {
+    pub path: String,
+    pub explicit: BTreeMap<String, String>,
+}
+
+impl MetricsSource {
+    /// Each variant's metrics URL: its explicit one, else its deployment's base URL plus
+    /// `path`.
+    pub fn metrics_urls(&self, variants: &[String], base_urls: &[String]) -> Vec<String> {
+        variants
+            .iter()
+            .zip(base_urls)
+            .map(|(v, base)| {
+                self.explicit
+                    .get(v)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{base}{}", self.path))
+            })
+            .collect()
+    }
+}
+
+/// A metric name with optional label matchers, `name` or `name{label="value",...}`: the
+/// samples of that name whose labels include all the given ones are summed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricSelector {
+    pub name: String,
+    pub labels: Vec<(String, String)>,
+}
+
+impl MetricSelector {
+    pub fn parse(field: &'static str, text: &str) -> Result<MetricSelector, ProfileError> {
+        let text = text.trim();
+        let (name, rest) = match text.find('{') {
+            Some(i) => (&text[..i], Some(&text[i..])),
+            None => (text, None),
+        };
+        let name_ok = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == ':';
+        if name.is_empty()
+            || !name.chars().all(name_ok)
+            || name.starts_with(|c: char| c.is_ascii_digit())
+        {
+            return Err(invalid(
+                field,
+                format!("`{text}` is not a Prometheus metric name"),
+            ));
+        }
+        let mut labels = Vec::new();
+        if let Some(rest) = rest {
+            let inner = rest
+                .strip_prefix('{')
+                .and_then(|r| r.strip_suffix('}'))
+                .ok_or_else(|| {
+                    invalid(field, format!("`{text}`: labels must be closed by '}}'"))
+                })?;
+            for pair in inner.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| invalid(field, format!("`{pair}` is not label=\"value\"")))?;
+                let v = v
+                    .trim()
+                    .strip_prefix('"')
+                    .and_then(|v| v.strip_suffix('"'))
+                    .ok_or_else(|| {
+                        invalid(field, format!("the value in `{pair}` must be quoted"))
+                    })?;
+                labels.push((k.trim().to_string(), v.to_string()));
+            }
+        }
+        Ok(MetricSelector {
+            name: name.to_string(),
+            labels,
+        })
+    }
+}
+
+impl std::fmt::Display for MetricSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)?;
+        if !self.labels.is_empty() {
+            let pairs: Vec<String> = self
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{v}\""))
+                .collect();
+            write!(f, "{{{}}}", pairs.join(","))?;
+        }
+        Ok(())
+    }
+}
+
 /// The percentiles every comparison is made at, with their margin.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Margin {
@@ -294,7 +432,10 @@ pub struct VerdictConfig {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub gateway: Option<String>,
+    /// Every variant's deployment (`target.url` and `target.urls` alike).
     pub target: Option<String>,
+    /// `(variant, base URL)`: one variant's deployment, applied after `target`.
+    pub variant_urls: Vec<(String, String)>,
     pub duration_seconds: Option<u64>,
 }
 
@@ -330,7 +471,22 @@ impl Profile {
             self.gateway_url = check_url("gateway.url", url)?;
         }
         if let Some(url) = &overrides.target {
-            self.target.url = check_url("target.url", url)?;
+            let url = check_url("target.url", url)?;
+            self.target.urls = vec![url; self.variants.len()];
+        }
+        for (variant, url) in &overrides.variant_urls {
+            let v = self.variant_index(variant).ok_or_else(|| {
+                invalid(
+                    "target.urls",
+                    format!("`{variant}` is not a variant of experiment.weights"),
+                )
+            })?;
+            self.target.urls[v] = check_url("target.urls", url)?;
+        }
+        if let Some(resources) = &mut self.resources {
+            resources.metrics_urls = resources
+                .derive
+                .metrics_urls(&self.variants, &self.target.urls);
         }
         if let Some(seconds) = overrides.duration_seconds {
             if seconds == 0 {
@@ -361,7 +517,30 @@ impl Profile {
                 }
             };
         }
+        self.check_resources()?;
         Ok(self)
+    }
+
+    /// Refuses two variants on one metrics endpoint: a process's CPU cannot be split
+    /// between the variants it serves. Checked once the command line has had its say
+    /// (`--target`, `--variant-url`), since those usually give the deployments.
+    pub fn check_resources(&self) -> Result<(), ProfileError> {
+        let (Some(resources), variants) = (&self.resources, &self.variants) else {
+            return Ok(());
+        };
+        let urls = &resources.metrics_urls;
+        for (i, a) in urls.iter().enumerate() {
+            if let Some(j) = urls[..i].iter().position(|b| b == a) {
+                return Err(invalid(
+                    "resources",
+                    format!(
+                        "`{}` and `{}` would both be measured at {a}: CPU per request needs each variant on its own deployment (target.urls) or its own metrics URL (resources.metrics_urls)",
+                        variants[j], variants[i]
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     pub fn control(&self) -> &str {
@@ -407,7 +586,18 @@ impl RawProfile {
         if self.experiment.key.is_empty() {
             return Err(invalid("experiment.key", "must not be empty"));
         }
-        let target = validate_target(self.target)?;
+        let events_key = match self.experiment.events_key {
+            Some(key) if key.is_empty() || key.len() > 128 => {
+                return Err(invalid("experiment.events_key", "must be 1-128 bytes"));
+            }
+            Some(key) => key,
+            None => self.experiment.key.clone(),
+        };
+        let target = validate_target(self.target, &variants)?;
+        let resources = self
+            .resources
+            .map(|r| validate_resources(r, &variants, &target.urls))
+            .transpose()?;
         let load = validate_load(self.load)?;
         let events = validate_events(self.events)?;
         let verdict = validate_verdict(self.verdict)?;
@@ -416,12 +606,14 @@ impl RawProfile {
             gateway_url,
             log_exposure: self.gateway.log_exposure.unwrap_or(false),
             experiment: self.experiment.key,
+            events_key,
             variants,
             weights,
             target,
             load,
             events,
             verdict,
+            resources,
         })
     }
 }
@@ -476,8 +668,18 @@ fn validate_experiment(raw: &RawExperiment) -> Result<(Vec<String>, Vec<f64>), P
     Ok((variants, weights))
 }
 
-fn validate_target(raw: RawTarget) -> Result<Target, ProfileError> {
+fn validate_target(raw: RawTarget, variants: &[String]) -> Result<Target, ProfileError> {
     let url = check_url("target.url", &raw.url)?;
+    let mut urls = vec![url; variants.len()];
+    for (variant, variant_url) in raw.urls.unwrap_or_default() {
+        let v = variants.iter().position(|x| *x == variant).ok_or_else(|| {
+            invalid(
+                "target.urls",
+                format!("`{variant}` is not a variant of experiment.weights"),
+            )
+        })?;
+        urls[v] = check_url("target.urls", &variant_url)?;
+    }
     let method = match raw.method.as_deref().unwrap_or("GET") {
         m if m.eq_ignore_ascii_case("GET") => Method::Get,
         m if m.eq_ignore_ascii_case("POST") => Method::Post,
@@ -531,13 +733,71 @@ fn validate_target(raw: RawTarget) -> Result<Target, ProfileError> {
         return Err(invalid("target.timeout_ms", "must be 1..=600000"));
     }
     Ok(Target {
-        url,
+        urls,
         method,
         path,
         variant_in,
         variant_key,
         body: raw.body,
         timeout: Duration::from_millis(timeout_ms),
+    })
+}
+
+fn validate_resources(
+    raw: RawResources,
+    variants: &[String],
+    base_urls: &[String],
+) -> Result<Resources, ProfileError> {
+    let path = raw.metrics_path.unwrap_or_else(|| "/metrics".to_string());
+    if !path.starts_with('/') {
+        return Err(invalid(
+            "resources.metrics_path",
+            format!("`{path}` must start with '/'"),
+        ));
+    }
+    let mut explicit = BTreeMap::new();
+    for (variant, url) in raw.metrics_urls.unwrap_or_default() {
+        if !variants.contains(&variant) {
+            return Err(invalid(
+                "resources.metrics_urls",
+                format!("`{variant}` is not a variant of experiment.weights"),
+            ));
+        }
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(invalid(
+                "resources.metrics_urls",
+                format!("`{url}` must start with http:// or https://"),
+            ));
+        }
+        explicit.insert(variant, url);
+    }
+    let derive = MetricsSource { path, explicit };
+    let scrape_ms = raw.scrape_ms.unwrap_or(250);
+    if !(50..=60_000).contains(&scrape_ms) {
+        return Err(invalid("resources.scrape_ms", "must be 50..=60000"));
+    }
+    Ok(Resources {
+        metrics_urls: derive.metrics_urls(variants, base_urls),
+        cpu: MetricSelector::parse(
+            "resources.cpu_metric",
+            raw.cpu_metric
+                .as_deref()
+                .unwrap_or("process_cpu_seconds_total"),
+        )?,
+        memory: MetricSelector::parse(
+            "resources.memory_metric",
+            raw.memory_metric
+                .as_deref()
+                .unwrap_or("process_resident_memory_bytes"),
+        )?,
+        scrape_every: Duration::from_millis(scrape_ms),
+        cpu_margin: check_fraction(
+            "resources.cpu_margin",
+            raw.cpu_margin.unwrap_or(0.10),
+            0.0,
+            10.0,
+        )?,
+        derive,
     })
 }
 

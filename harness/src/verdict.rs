@@ -6,13 +6,15 @@
 //! rate is over the limit); then `inconclusive` if any comparison could not be settled;
 //! otherwise `pass`. See docs/harness.md for the reasoning.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+
+use std::collections::BTreeMap;
 
 use crate::profile::{Endpoint, Profile};
-use crate::run::{EventCounts, Record, RunData};
-use crate::stats::{self, ChiSquare, HolmStep, Obs, SortedReplicates};
+use crate::run::{EventCounts, Record, RunData, Scrape};
+use crate::stats::{self, ChiSquare, HolmStep, Obs, RateObs, SortedReplicates, Stratum};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     Pass,
@@ -41,26 +43,72 @@ impl Outcome {
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub profile: String,
     pub run_id: String,
+    /// Start of the load, RFC 3339 UTC.
+    pub started_at: String,
+    /// Wall-clock length of the load, ramp and drain included.
+    pub duration_seconds: f64,
+    pub harness_version: String,
+    /// The gateway's experiments-config version when the run started.
+    pub gateway_config_version: Option<String>,
     pub experiment: String,
+    /// Experiment key the posted events carried (`experiment` unless the profile set one).
+    pub events_key: String,
     pub control: String,
+    /// Variant names, control first.
+    pub variants: Vec<String>,
     /// Seed of the bootstrap: with the same data it reproduces the bounds exactly.
     pub seed: u64,
     /// Family-wise error rate of all comparisons together.
     pub alpha: f64,
+    /// The judged window, microseconds since the run's epoch (as in `samples.csv`).
+    pub window_us: (u64, u64),
     pub window_seconds: f64,
+    /// What the comparisons were judged against, so `harness compare` can judge alike.
+    pub settings: Settings,
     pub verdict: Verdict,
     pub endpoints: Vec<EndpointStats>,
     pub comparisons: Vec<Comparison>,
+    /// Resource use per variant, when the profile has a `[resources]` section.
+    pub resources: Option<Vec<ResourceStats>>,
     pub sample_ratio: SampleRatio,
     pub load: LoadCheck,
     pub events: EventCounts,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// The verdict's parameters from the profile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Settings {
+    /// Allowed relative slowdown per percentile (`p50`, `p95`, `p99`).
+    pub margins: BTreeMap<String, f64>,
+    /// Allowed relative increase of CPU per request, when resources are measured.
+    pub cpu_margin: Option<f64>,
+    pub endpoints: Vec<String>,
+    pub replicates: usize,
+    pub block_ms: u64,
+}
+
+/// One variant's deployment, from its Prometheus metrics.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ResourceStats {
+    pub variant: String,
+    pub metrics_url: String,
+    /// CPU seconds per 1,000 target requests over the judged window.
+    pub cpu_s_per_1k_requests: f64,
+    /// Cores busy on average over the judged window.
+    pub cpu_cores: f64,
+    /// Largest memory reading of the run, MiB (none if the deployment does not expose it).
+    pub peak_memory_mib: Option<f64>,
+    /// Scrape-to-scrape spans inside the window, and the target requests they hold.
+    pub spans: usize,
+    pub requests: u64,
+    pub scrape_failures: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Verdict {
     pub outcome: Outcome,
     /// One sentence per reason for the outcome, most important first.
@@ -69,21 +117,21 @@ pub struct Verdict {
     pub regressions: Vec<Finding>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Finding {
     pub variant: String,
     pub endpoint: String,
-    /// `p50`, `p95`, `p99` or `error_rate`.
+    /// `p50`, `p95`, `p99`, `error_rate` or `cpu_per_request`.
     pub measure: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EndpointStats {
     pub endpoint: String,
     pub variants: Vec<VariantStats>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VariantStats {
     pub variant: String,
     pub requests: u64,
@@ -93,13 +141,14 @@ pub struct VariantStats {
     pub mean_ms: f64,
     pub p50_ms: f64,
     pub p90_ms: f64,
+    pub p95_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
     /// Share of requests sent late because the user was behind its schedule.
     pub late_share: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Decision {
     Regression,
@@ -107,14 +156,25 @@ pub enum Decision {
     Inconclusive,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One variant against the baseline on one measure: control in a run, or the same variant
+/// in the earlier run for `harness compare`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Comparison {
     pub endpoint: String,
     pub variant: String,
-    pub percentile: String,
-    pub control_ms: f64,
-    pub variant_ms: f64,
-    /// Observed `Q_variant / Q_control`.
+    /// `p50`, `p95`, `p99` (latency) or `cpu_per_request`.
+    pub measure: String,
+    /// Unit of `baseline`, `value` and the differences: `ms`, or `cpu_s_per_1k_requests`.
+    pub unit: String,
+    /// The baseline's value (control's, or the earlier run's).
+    pub baseline: f64,
+    /// The variant's value.
+    pub value: f64,
+    /// `value - baseline`, with its bounds at the same levels as the ratio's.
+    pub difference: f64,
+    pub difference_lower: f64,
+    pub difference_upper: f64,
+    /// Observed `value / baseline` (a ratio of quantiles, or of CPU per request).
     pub ratio: f64,
     /// Lower confidence bound, at one-sided level `lower_level` (Holm-adjusted).
     pub lower: f64,
@@ -125,13 +185,39 @@ pub struct Comparison {
     /// `1 + margin`: the ratio a regression must clear and a pass must stay under.
     pub threshold: f64,
     pub decision: Decision,
-    /// Consecutive requests per bootstrap block.
-    pub block_requests: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Consecutive observations per bootstrap block (requests, or scrape spans for CPU).
+    pub block_len: usize,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
     pub note: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+impl Comparison {
+    /// A comparison with its observed values and nothing settled yet.
+    pub fn new(endpoint: &str, variant: &str, measure: &str, unit: &str, threshold: f64) -> Self {
+        Comparison {
+            endpoint: endpoint.to_string(),
+            variant: variant.to_string(),
+            measure: measure.to_string(),
+            unit: unit.to_string(),
+            baseline: f64::NAN,
+            value: f64::NAN,
+            difference: f64::NAN,
+            difference_lower: f64::NAN,
+            difference_upper: f64::NAN,
+            ratio: f64::NAN,
+            lower: f64::NAN,
+            lower_level: f64::NAN,
+            upper: f64::NAN,
+            upper_level: f64::NAN,
+            threshold,
+            decision: Decision::Inconclusive,
+            block_len: 0,
+            note: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SampleRatio {
     pub variants: Vec<String>,
     pub units: Vec<u64>,
@@ -141,7 +227,7 @@ pub struct SampleRatio {
     pub mismatch: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadCheck {
     pub offered_rps: f64,
     pub achieved_rps: f64,
@@ -155,7 +241,7 @@ pub struct LoadCheck {
 
 const PERCENTILE_NAMES: [(f64, &str); 3] = [(0.50, "p50"), (0.95, "p95"), (0.99, "p99")];
 
-fn percentile_name(q: f64) -> &'static str {
+pub fn percentile_name(q: f64) -> &'static str {
     PERCENTILE_NAMES
         .iter()
         .find(|(p, _)| (p - q).abs() < 1e-9)
@@ -254,41 +340,16 @@ pub fn judge(profile: &Profile, data: &RunData, seed: u64) -> Summary {
         }
     }
 
+    let resources = resource_stats(profile, data);
     let comparisons = if invalid && reasons.iter().any(|r| r.starts_with("no successful")) {
         Vec::new()
     } else {
         compare(profile, data, seed)
     };
-    let mut inconclusive = Vec::new();
-    for c in &comparisons {
-        match c.decision {
-            Decision::Regression => {
-                regressions.push(Finding {
-                    variant: c.variant.clone(),
-                    endpoint: c.endpoint.clone(),
-                    measure: c.percentile.clone(),
-                });
-                reasons.push(format!(
-                    "`{}` is slower than `{}` on {} at {}: ratio {:.3}, lower bound {:.3} > {:.3}",
-                    c.variant,
-                    profile.control(),
-                    c.endpoint,
-                    c.percentile,
-                    c.ratio,
-                    c.lower,
-                    c.threshold
-                ));
-            }
-            Decision::Inconclusive => inconclusive.push(match &c.note {
-                Some(note) => format!("{} {} {}: {note}", c.variant, c.endpoint, c.percentile),
-                None => format!(
-                    "{} {} {}: ratio {:.3} in [{:.3}, {:.3}] straddles {:.3}",
-                    c.variant, c.endpoint, c.percentile, c.ratio, c.lower, c.upper, c.threshold
-                ),
-            }),
-            Decision::Pass => {}
-        }
-    }
+    let tally = tally(&comparisons, &format!("`{}`", profile.control()));
+    regressions.extend(tally.regressions);
+    reasons.extend(tally.reasons);
+    let inconclusive = tally.inconclusive;
     let outcome = if invalid {
         Outcome::Invalid
     } else if !regressions.is_empty() {
@@ -305,8 +366,13 @@ pub fn judge(profile: &Profile, data: &RunData, seed: u64) -> Summary {
         Outcome::Inconclusive
     } else {
         reasons.push(format!(
-            "every variant is within its margins of `{}` at p50, p95 and p99",
-            profile.control()
+            "every variant is within its margins of `{}` at p50, p95 and p99{}",
+            profile.control(),
+            if profile.resources.is_some() {
+                ", and in CPU per request"
+            } else {
+                ""
+            }
         ));
         Outcome::Pass
     };
@@ -314,11 +380,33 @@ pub fn judge(profile: &Profile, data: &RunData, seed: u64) -> Summary {
     Summary {
         profile: profile.name.clone(),
         run_id: data.run_id.clone(),
+        started_at: data.info.started_at.clone(),
+        duration_seconds: data.info.duration_seconds,
+        harness_version: env!("CARGO_PKG_VERSION").to_string(),
+        gateway_config_version: data.info.gateway_config_version.clone(),
         experiment: profile.experiment.clone(),
+        events_key: profile.events_key.clone(),
         control: profile.control().to_string(),
+        variants: profile.variants.clone(),
         seed,
         alpha: cfg.alpha,
+        window_us: window,
         window_seconds,
+        settings: Settings {
+            margins: cfg
+                .margins
+                .iter()
+                .map(|m| (percentile_name(m.quantile).to_string(), m.margin))
+                .collect(),
+            cpu_margin: profile.resources.as_ref().map(|r| r.cpu_margin),
+            endpoints: cfg
+                .endpoints
+                .iter()
+                .map(|e| e.as_str().to_string())
+                .collect(),
+            replicates: cfg.replicates,
+            block_ms: cfg.block.as_millis() as u64,
+        },
         verdict: Verdict {
             outcome,
             reasons,
@@ -326,9 +414,86 @@ pub fn judge(profile: &Profile, data: &RunData, seed: u64) -> Summary {
         },
         endpoints,
         comparisons,
+        resources,
         sample_ratio,
         load,
         events: data.events.clone(),
+    }
+}
+
+/// What a set of settled comparisons says: the regressions found, one reason line each, and
+/// the comparisons that stay open.
+pub struct Tally {
+    pub regressions: Vec<Finding>,
+    pub reasons: Vec<String>,
+    pub inconclusive: Vec<String>,
+}
+
+/// Reads settled comparisons; `baseline` names what they were made against in the reasons
+/// (`` `control` ``, or "the earlier run").
+pub fn tally(comparisons: &[Comparison], baseline: &str) -> Tally {
+    let mut t = Tally {
+        regressions: Vec::new(),
+        reasons: Vec::new(),
+        inconclusive: Vec::new(),
+    };
+    for c in comparisons {
+        let (value, base, diff, diff_lower) = (
+            amount(c.value, &c.unit),
+            amount(c.baseline, &c.unit),
+            signed(c.difference, &c.unit),
+            signed(c.difference_lower, &c.unit),
+        );
+        match c.decision {
+            Decision::Regression => {
+                t.regressions.push(Finding {
+                    variant: c.variant.clone(),
+                    endpoint: c.endpoint.clone(),
+                    measure: c.measure.clone(),
+                });
+                let what = if c.measure == CPU_MEASURE {
+                    format!("costs more CPU per request than {baseline} on {}", c.endpoint)
+                } else {
+                    format!("is slower than {baseline} on {} at {}", c.endpoint, c.measure)
+                };
+                t.reasons.push(format!(
+                    "`{}` {what}: {value} against {base} ({diff}, at least {diff_lower}); ratio {:.3}, lower bound {:.3} > {:.3}",
+                    c.variant, c.ratio, c.lower, c.threshold
+                ));
+            }
+            Decision::Inconclusive => t.inconclusive.push(match &c.note {
+                Some(note) => format!("{} {} {}: {note}", c.variant, c.endpoint, c.measure),
+                None => format!(
+                    "{} {} {}: {value} against {base}, ratio {:.3} in [{:.3}, {:.3}] straddles {:.3}",
+                    c.variant, c.endpoint, c.measure, c.ratio, c.lower, c.upper, c.threshold
+                ),
+            }),
+            Decision::Pass => {}
+        }
+    }
+    t
+}
+
+/// `measure` of the CPU-per-request comparisons.
+pub const CPU_MEASURE: &str = "cpu_per_request";
+/// `unit` of the CPU-per-request comparisons.
+pub const CPU_UNIT: &str = "cpu_s_per_1k_requests";
+
+/// A value with its unit, for reason lines.
+fn amount(v: f64, unit: &str) -> String {
+    if unit == CPU_UNIT {
+        format!("{v:.4} CPU s per 1,000 requests")
+    } else {
+        format!("{v:.3} ms")
+    }
+}
+
+fn signed(v: f64, unit: &str) -> String {
+    let sign = if v >= 0.0 { "+" } else { "" };
+    if unit == CPU_UNIT {
+        format!("{sign}{v:.4}")
+    } else {
+        format!("{sign}{v:.3} ms")
     }
 }
 
@@ -377,6 +542,7 @@ fn endpoint_stats(profile: &Profile, data: &RunData, window_seconds: f64) -> Vec
                         },
                         p50_ms: stats::quantile_sorted(&ok, 0.50),
                         p90_ms: stats::quantile_sorted(&ok, 0.90),
+                        p95_ms: stats::quantile_sorted(&ok, 0.95),
                         p99_ms: stats::quantile_sorted(&ok, 0.99),
                         p999_ms: stats::quantile_sorted(&ok, 0.999),
                         late_share: share(late),
@@ -443,95 +609,141 @@ fn load_check(profile: &Profile, data: &RunData) -> LoadCheck {
     }
 }
 
-/// One hypothesis pair (regression side and pass side) before Holm.
-struct Pending {
-    comparison: Comparison,
-    sorted: Vec<f64>,
+/// One hypothesis pair (regression side and pass side) before Holm, with the bootstrap
+/// replicates of its ratio and of its difference.
+pub struct Pending {
+    pub comparison: Comparison,
+    pub sorted: Vec<f64>,
+    pub diff_sorted: Vec<f64>,
 }
 
-fn compare(profile: &Profile, data: &RunData, seed: u64) -> Vec<Comparison> {
-    let cfg = &profile.verdict;
-    let quantiles: Vec<f64> = cfg.margins.iter().map(|m| m.quantile).collect();
-    let groups = profile.variants.len();
-    let mut pending: Vec<Pending> = Vec::new();
-    let mut out: Vec<Comparison> = Vec::new();
-    for (e, &endpoint) in cfg.endpoints.iter().enumerate() {
-        let obs: Vec<Obs> = data
-            .records
-            .iter()
-            .filter(|r| r.is_measured(endpoint) && in_window(r, data.window_us))
-            .map(|r| Obs {
-                group: r.variant as usize,
-                value: value_us(r),
-            })
-            .collect();
-        let mut counts = vec![0usize; groups];
-        for o in &obs {
-            counts[o.group] += 1;
-        }
-        let span_us = data.window_us.1.saturating_sub(data.window_us.0).max(1) as f64;
-        let block_requests = ((obs.len() as f64 * cfg.block.as_micros() as f64 / span_us).ceil()
-            as usize)
-            .clamp(1, (obs.len() / 5).max(1));
-        let boot = (counts[0] > 0 && counts.iter().skip(1).any(|&c| c > 0)).then(|| {
-            stats::bootstrap_quantile_ratios(
-                &obs,
-                groups,
-                &quantiles,
-                cfg.replicates,
-                block_requests,
-                seed.wrapping_add(e as u64),
-            )
-        });
-        let per_group: Vec<Vec<f64>> = (0..groups)
-            .map(|g| {
-                let mut v: Vec<f64> = obs
-                    .iter()
-                    .filter(|o| o.group == g)
-                    .map(|o| o.value)
-                    .collect();
-                v.sort_by(f64::total_cmp);
-                v
-            })
-            .collect();
-        for g in 1..groups {
-            for (qi, m) in cfg.margins.iter().enumerate() {
-                let need = min_requests(m.quantile);
-                let control_ms = stats::quantile_sorted(&per_group[0], m.quantile) / 1e3;
-                let variant_ms = stats::quantile_sorted(&per_group[g], m.quantile) / 1e3;
-                let mut comparison = Comparison {
-                    endpoint: endpoint.as_str().to_string(),
-                    variant: profile.variants[g].clone(),
-                    percentile: percentile_name(m.quantile).to_string(),
-                    control_ms,
-                    variant_ms,
-                    ratio: boot.as_ref().map_or(f64::NAN, |b| b.point[g][qi]),
-                    lower: f64::NAN,
-                    lower_level: f64::NAN,
-                    upper: f64::NAN,
-                    upper_level: f64::NAN,
-                    threshold: 1.0 + m.margin,
-                    decision: Decision::Inconclusive,
-                    block_requests,
-                    note: None,
-                };
-                let sorted = boot
-                    .as_ref()
-                    .map(|b| b.sorted[g][qi].clone())
-                    .unwrap_or_default();
-                if counts[0] < need || counts[g] < need || sorted.is_empty() {
-                    comparison.note = Some(format!(
-                        "too few requests (need {need} per variant, have {} and {})",
-                        counts[0], counts[g]
-                    ));
-                    out.push(comparison);
-                } else {
-                    pending.push(Pending { comparison, sorted });
-                }
+/// Bootstrap block length in observations: as many as `block` of time holds in `span_us`,
+/// at least 1 and at most a fifth of the data.
+pub fn block_len(n: usize, block: std::time::Duration, span_us: u64) -> usize {
+    ((n as f64 * block.as_micros() as f64 / span_us.max(1) as f64).ceil() as usize)
+        .clamp(1, (n / 5).max(1))
+}
+
+/// Latency comparisons of one endpoint, with the variants' observations `obs` (groups =
+/// variant indices, 0 the baseline) split in `strata` resampled on their own. Comparisons
+/// with too few requests come back settled as inconclusive in `done`.
+#[allow(clippy::too_many_arguments)]
+pub fn latency_pending(
+    endpoint: &str,
+    variants: &[String],
+    margins: &[crate::profile::Margin],
+    strata: &[Stratum<'_, Obs>],
+    replicates: usize,
+    seed: u64,
+    pending: &mut Vec<Pending>,
+    done: &mut Vec<Comparison>,
+) {
+    let groups = variants.len();
+    let quantiles: Vec<f64> = margins.iter().map(|m| m.quantile).collect();
+    let mut per_group: Vec<Vec<f64>> = vec![Vec::new(); groups];
+    for o in strata.iter().flat_map(|s| s.obs.iter()) {
+        per_group[o.group].push(o.value);
+    }
+    for v in &mut per_group {
+        v.sort_by(f64::total_cmp);
+    }
+    let counts: Vec<usize> = per_group.iter().map(Vec::len).collect();
+    let boot = (counts[0] > 0 && counts.iter().skip(1).any(|&c| c > 0)).then(|| {
+        stats::bootstrap_quantile_ratios_stratified(strata, groups, &quantiles, replicates, seed)
+    });
+    let block = strata.iter().map(|s| s.block_len).max().unwrap_or(1);
+    for g in 1..groups {
+        for (qi, m) in margins.iter().enumerate() {
+            let need = min_requests(m.quantile);
+            let mut c = Comparison::new(
+                endpoint,
+                &variants[g],
+                percentile_name(m.quantile),
+                "ms",
+                1.0 + m.margin,
+            );
+            c.baseline = stats::quantile_sorted(&per_group[0], m.quantile) / 1e3;
+            c.value = stats::quantile_sorted(&per_group[g], m.quantile) / 1e3;
+            c.difference = c.value - c.baseline;
+            c.ratio = boot.as_ref().map_or(f64::NAN, |b| b.point[g][qi]);
+            c.block_len = block;
+            let (sorted, diff_sorted) = boot.as_ref().map_or_else(Default::default, |b| {
+                (
+                    b.sorted[g][qi].clone(),
+                    b.diff_sorted[g][qi].iter().map(|d| d / 1e3).collect(),
+                )
+            });
+            if counts[0] < need || counts[g] < need || sorted.is_empty() {
+                c.note = Some(format!(
+                    "too few requests (need {need} per variant, have {} and {})",
+                    counts[0], counts[g]
+                ));
+                done.push(c);
+            } else {
+                pending.push(Pending {
+                    comparison: c,
+                    sorted,
+                    diff_sorted,
+                });
             }
         }
     }
-    // Holm over every comparison made, once for the regression side, once for the pass side.
+}
+
+/// Fewest scrape spans with requests per variant for a CPU comparison.
+pub const MIN_SPANS: usize = 5;
+
+/// CPU-per-request comparisons, as `latency_pending` does for latency: `strata` hold scrape
+/// spans (amount = CPU seconds, count = requests).
+#[allow(clippy::too_many_arguments)]
+pub fn cpu_pending(
+    variants: &[String],
+    margin: f64,
+    strata: &[Stratum<'_, RateObs>],
+    replicates: usize,
+    seed: u64,
+    pending: &mut Vec<Pending>,
+    done: &mut Vec<Comparison>,
+) {
+    let groups = variants.len();
+    let mut spans = vec![0usize; groups];
+    for o in strata.iter().flat_map(|s| s.obs.iter()) {
+        spans[o.group] += usize::from(o.count > 0.0);
+    }
+    let boot = stats::bootstrap_rate_ratios(strata, groups, replicates, seed);
+    let block = strata.iter().map(|s| s.block_len).max().unwrap_or(1);
+    for g in 1..groups {
+        let mut c = Comparison::new(
+            Endpoint::Target.as_str(),
+            &variants[g],
+            CPU_MEASURE,
+            CPU_UNIT,
+            1.0 + margin,
+        );
+        c.baseline = boot.rate[0] * 1e3;
+        c.value = boot.rate[g] * 1e3;
+        c.difference = c.value - c.baseline;
+        c.ratio = boot.point[g];
+        c.block_len = block;
+        if spans[0] < MIN_SPANS || spans[g] < MIN_SPANS || boot.sorted[g].is_empty() {
+            c.note = Some(format!(
+                "too few metric scrapes (need {MIN_SPANS} spans with requests per variant, have {} and {})",
+                spans[0], spans[g]
+            ));
+            done.push(c);
+        } else {
+            pending.push(Pending {
+                comparison: c,
+                sorted: boot.sorted[g].clone(),
+                diff_sorted: boot.diff_sorted[g].iter().map(|d| d * 1e3).collect(),
+            });
+        }
+    }
+}
+
+/// Holm over every pending comparison (one family), once for the regression side and once
+/// for the pass side; appends them, settled, to `out`.
+pub fn settle_all(pending: Vec<Pending>, alpha: f64, out: &mut Vec<Comparison>) {
     let reps: Vec<SortedReplicates<'_>> = pending
         .iter()
         .map(|p| SortedReplicates::new(&p.sorted))
@@ -546,8 +758,8 @@ fn compare(profile: &Profile, data: &RunData, seed: u64) -> Vec<Comparison> {
         .zip(&reps)
         .map(|(p, s)| s.p_below(p.comparison.threshold))
         .collect();
-    let regression_steps = stats::holm(&p_regression, cfg.alpha);
-    let pass_steps = stats::holm(&p_pass, cfg.alpha);
+    let regression_steps = stats::holm(&p_regression, alpha);
+    let pass_steps = stats::holm(&p_pass, alpha);
     for (((p, s), reg), pass) in pending
         .iter()
         .zip(&reps)
@@ -555,26 +767,177 @@ fn compare(profile: &Profile, data: &RunData, seed: u64) -> Vec<Comparison> {
         .zip(&pass_steps)
     {
         let mut c = p.comparison.clone();
-        settle(&mut c, s, *reg, *pass);
+        settle(
+            &mut c,
+            s,
+            &SortedReplicates::new(&p.diff_sorted),
+            *reg,
+            *pass,
+        );
         out.push(c);
     }
+}
+
+/// Spans between consecutive scrapes of each variant inside `window`, merged in time order:
+/// CPU seconds spent and target requests finished in the span.
+pub fn cpu_spans(
+    records: &[Record],
+    scrapes: &[Scrape],
+    variants: usize,
+    window: (u64, u64),
+) -> Vec<RateObs> {
+    let mut spans: Vec<(u64, RateObs)> = Vec::new();
+    for v in 0..variants {
+        let scrapes: Vec<_> = scrapes
+            .iter()
+            .filter(|s| s.variant as usize == v && s.at_us >= window.0 && s.at_us <= window.1)
+            .collect();
+        let mut done: Vec<u64> = records
+            .iter()
+            .filter(|r| r.endpoint == Endpoint::Target && r.variant as usize == v)
+            .map(|r| r.at_us + r.intended_latency_us())
+            .collect();
+        done.sort_unstable();
+        for pair in scrapes.windows(2) {
+            let (a, b) = (pair[0], pair[1]);
+            let from = done.partition_point(|&t| t < a.at_us);
+            let to = done.partition_point(|&t| t < b.at_us);
+            spans.push((
+                a.at_us,
+                RateObs {
+                    group: v,
+                    amount: (b.cpu_seconds - a.cpu_seconds).max(0.0),
+                    count: (to - from) as f64,
+                },
+            ));
+        }
+    }
+    spans.sort_by_key(|(at, _)| *at);
+    spans.into_iter().map(|(_, o)| o).collect()
+}
+
+fn resource_stats(profile: &Profile, data: &RunData) -> Option<Vec<ResourceStats>> {
+    let resources = profile.resources.as_ref()?;
+    let spans = cpu_spans(
+        &data.records,
+        &data.scrapes,
+        profile.variants.len(),
+        data.window_us,
+    );
+    let window_seconds = data.window_us.1.saturating_sub(data.window_us.0) as f64 / 1e6;
+    Some(
+        profile
+            .variants
+            .iter()
+            .enumerate()
+            .map(|(v, name)| {
+                let mine = spans.iter().filter(|o| o.group == v);
+                let (cpu, requests, n) = mine.fold((0.0, 0.0, 0), |(c, r, n), o| {
+                    (c + o.amount, r + o.count, n + 1)
+                });
+                let peak = data
+                    .scrapes
+                    .iter()
+                    .filter(|s| s.variant as usize == v)
+                    .filter_map(|s| s.memory_bytes)
+                    .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+                ResourceStats {
+                    variant: name.clone(),
+                    metrics_url: resources.metrics_urls[v].clone(),
+                    cpu_s_per_1k_requests: if requests > 0.0 {
+                        cpu / requests * 1e3
+                    } else {
+                        f64::NAN
+                    },
+                    cpu_cores: cpu / window_seconds.max(1e-9),
+                    peak_memory_mib: peak.map(|b| b / (1024.0 * 1024.0)),
+                    spans: n,
+                    requests: requests as u64,
+                    scrape_failures: data.scrape_failures.get(v).copied().unwrap_or(0),
+                }
+            })
+            .collect(),
+    )
+}
+
+fn compare(profile: &Profile, data: &RunData, seed: u64) -> Vec<Comparison> {
+    let cfg = &profile.verdict;
+    let mut pending: Vec<Pending> = Vec::new();
+    let mut out: Vec<Comparison> = Vec::new();
+    let span_us = data.window_us.1.saturating_sub(data.window_us.0);
+    for (e, &endpoint) in cfg.endpoints.iter().enumerate() {
+        let obs: Vec<Obs> = data
+            .records
+            .iter()
+            .filter(|r| r.is_measured(endpoint) && in_window(r, data.window_us))
+            .map(|r| Obs {
+                group: r.variant as usize,
+                value: value_us(r),
+            })
+            .collect();
+        let stratum = Stratum {
+            obs: &obs,
+            block_len: block_len(obs.len(), cfg.block, span_us),
+        };
+        latency_pending(
+            endpoint.as_str(),
+            &profile.variants,
+            &cfg.margins,
+            &[stratum],
+            cfg.replicates,
+            seed.wrapping_add(e as u64),
+            &mut pending,
+            &mut out,
+        );
+    }
+    if let Some(resources) = &profile.resources {
+        let spans = cpu_spans(
+            &data.records,
+            &data.scrapes,
+            profile.variants.len(),
+            data.window_us,
+        );
+        let stratum = Stratum {
+            obs: &spans,
+            block_len: block_len(spans.len(), cfg.block, span_us),
+        };
+        cpu_pending(
+            &profile.variants,
+            resources.cpu_margin,
+            &[stratum],
+            cfg.replicates,
+            seed.wrapping_add(0x0c9u64),
+            &mut pending,
+            &mut out,
+        );
+    }
+    settle_all(pending, cfg.alpha, &mut out);
     let rank = |c: &Comparison| {
         let e = cfg.endpoints.iter().position(|e| e.as_str() == c.endpoint);
         let v = profile.variant_index(&c.variant);
         let q = PERCENTILE_NAMES
             .iter()
-            .position(|(_, n)| *n == c.percentile);
-        (e, v, q)
+            .position(|(_, n)| *n == c.measure)
+            .unwrap_or(PERCENTILE_NAMES.len());
+        (c.measure == CPU_MEASURE, e, v, q)
     };
     out.sort_by_key(rank);
     out
 }
 
-fn settle(c: &mut Comparison, reps: &SortedReplicates<'_>, reg: HolmStep, pass: HolmStep) {
+fn settle(
+    c: &mut Comparison,
+    reps: &SortedReplicates<'_>,
+    diffs: &SortedReplicates<'_>,
+    reg: HolmStep,
+    pass: HolmStep,
+) {
     c.lower_level = reg.level;
     c.lower = reps.lower_bound(reg.level);
     c.upper_level = pass.level;
     c.upper = reps.upper_bound(pass.level);
+    c.difference_lower = diffs.lower_bound(reg.level);
+    c.difference_upper = diffs.upper_bound(pass.level);
     c.decision = if reg.rejected {
         Decision::Regression
     } else if pass.rejected {

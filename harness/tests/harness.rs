@@ -137,17 +137,59 @@ async fn five_ms_on_treatment_is_a_regression_naming_treatment() {
         "latency-target.svg",
         "verdict.svg",
         "report.html",
+        "goose-report.md",
     ] {
         assert!(out.join(file).exists(), "{file} missing");
     }
+    let goose = std::fs::read_to_string(out.join("goose-report.md")).unwrap();
+    assert!(goose.contains("target:treatment") && goose.contains("target:control"));
+    assert!(goose.contains("assign:treatment") && goose.contains("events:control"));
+    // The harness's own page: the verdict, the comparison table and the charts inline.
     let report = std::fs::read_to_string(out.join("report.html")).unwrap();
-    assert!(report.contains("target:treatment") && report.contains("target:control"));
-    assert!(report.contains("assign:treatment") && report.contains("events:control"));
+    assert!(report.contains("REGRESSION</h1>"), "{report}");
+    assert!(report.contains("<th>ratio</th>") && report.contains("<td>treatment</td>"));
+    assert!(
+        report.matches("<svg").count() >= 4,
+        "verdict and 3 latency charts"
+    );
+    assert!(report.contains(r#"<a href="goose-report.md">"#));
+    assert!(!report.contains("http://") && !report.contains("https://"));
     // The gateway took the events the users posted.
     let events = &summary["events"];
     assert!(events["accepted"].as_u64().unwrap() > 0, "{events}");
     assert_eq!(events["rejected"], 0);
-    stack.stop().await;
+    let _dir = stack.stop().await;
+    // Opened offline in a real browser, the page fetches nothing and draws its charts.
+    report_check(&out.join("report.html"));
+}
+
+/// Runs `tests/report_check.py` on `report`: headless Chromium behind a recording proxy
+/// must see no request, and its screenshot must show the charts' colours. Python comes from
+/// `LAKE_CHECK_PYTHON`, else the workspace's `.venv`, else `python3` (standard library only).
+fn report_check(report: &Path) {
+    let chromium = Command::new("chromium").arg("--version").output();
+    assert!(
+        chromium.is_ok_and(|o| o.status.success()),
+        "chromium is not on PATH: apt-get install chromium (as .ci/run does)"
+    );
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let venv = manifest.join("../.venv/bin/python");
+    let python = std::env::var("LAKE_CHECK_PYTHON").unwrap_or_else(|_| {
+        if venv.exists() {
+            venv.display().to_string()
+        } else {
+            "python3".into()
+        }
+    });
+    let out = Command::new(&python)
+        .arg(manifest.join("tests/report_check.py"))
+        .arg(report)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "report_check.py failed:\n{stdout}");
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

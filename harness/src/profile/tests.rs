@@ -27,7 +27,9 @@ fn minimal_profile_gets_defaults() {
     let p = Profile::parse(MINIMAL, "mini").unwrap();
     assert_eq!(p.name, "mini");
     assert_eq!(p.variants, vec!["control", "treatment"]);
-    assert_eq!(p.target.url, "http://127.0.0.1:8090");
+    assert_eq!(p.target.urls, vec!["http://127.0.0.1:8090"; 2]);
+    assert_eq!(p.events_key, "checkout_button");
+    assert!(p.resources.is_none());
     assert_eq!(p.target.variant_key, "x-variant");
     assert!((p.load.rate_per_user - 25.0).abs() < 1e-9);
     assert_eq!(p.verdict.endpoints, vec![Endpoint::Target]);
@@ -102,8 +104,8 @@ fn overrides_replace_urls_and_duration() {
     let p = p
         .with_overrides(&Overrides {
             gateway: Some("http://127.0.0.1:9".into()),
-            target: None,
             duration_seconds: Some(3),
+            ..Overrides::default()
         })
         .unwrap();
     assert_eq!(p.gateway_url, "http://127.0.0.1:9");
@@ -138,4 +140,76 @@ fn shipped_profiles_are_valid() {
         assert_eq!(p.experiment, "checkout_button");
         assert_eq!(p.variants, vec!["control", "treatment"]);
     }
+}
+
+#[test]
+fn variants_can_have_their_own_deployments_and_metrics() {
+    let text = MINIMAL.replace(
+        "[load]",
+        "urls = { treatment = \"http://127.0.0.1:8091/\" }\n[resources]\ncpu_metric = 'cpu_total{pod=\"a\"}'\n[load]",
+    );
+    let p = Profile::parse(&text, "x").unwrap();
+    assert_eq!(
+        p.target.urls,
+        ["http://127.0.0.1:8090", "http://127.0.0.1:8091"]
+    );
+    let r = p.resources.as_ref().unwrap();
+    assert_eq!(
+        r.metrics_urls,
+        [
+            "http://127.0.0.1:8090/metrics",
+            "http://127.0.0.1:8091/metrics"
+        ]
+    );
+    assert_eq!(r.cpu.labels, vec![("pod".to_string(), "a".to_string())]);
+    assert_eq!(r.memory.name, "process_resident_memory_bytes");
+    // Overrides move the deployments, and the metrics with them.
+    let o = Overrides {
+        target: Some("http://127.0.0.1:9000".into()),
+        variant_urls: vec![("treatment".into(), "http://127.0.0.1:9001".into())],
+        ..Overrides::default()
+    };
+    let p = p.with_overrides(&o).unwrap();
+    assert_eq!(
+        p.resources.unwrap().metrics_urls,
+        [
+            "http://127.0.0.1:9000/metrics",
+            "http://127.0.0.1:9001/metrics"
+        ]
+    );
+}
+
+#[test]
+fn resources_need_one_deployment_per_variant() {
+    let text = MINIMAL.replace("[load]", "[resources]\n[load]");
+    let p = Profile::parse(&text, "x").unwrap();
+    let err = p.clone().with_overrides(&Overrides::default()).unwrap_err();
+    assert_eq!(field_of(err), "resources");
+    let o = Overrides {
+        variant_urls: vec![("treatment".into(), "http://127.0.0.1:8091".into())],
+        ..Overrides::default()
+    };
+    assert!(p.with_overrides(&o).is_ok());
+    let text = MINIMAL.replace("[load]", "urls = { nope = \"http://127.0.0.1:1\" }\n[load]");
+    assert_eq!(
+        field_of(Profile::parse(&text, "x").unwrap_err()),
+        "target.urls"
+    );
+    let o = Overrides {
+        variant_urls: vec![("nope".into(), "http://127.0.0.1:1".into())],
+        ..Overrides::default()
+    };
+    let p = Profile::parse(MINIMAL, "x").unwrap();
+    assert_eq!(field_of(p.with_overrides(&o).unwrap_err()), "target.urls");
+}
+
+#[test]
+fn events_can_carry_a_dedicated_experiment_key() {
+    let text = MINIMAL.replace(
+        "key = \"checkout_button\"",
+        "key = \"checkout_button\"\nevents_key = \"checkout_button_loadtest\"",
+    );
+    let p = Profile::parse(&text, "x").unwrap();
+    assert_eq!(p.experiment, "checkout_button");
+    assert_eq!(p.events_key, "checkout_button_loadtest");
 }

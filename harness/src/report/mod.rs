@@ -1,8 +1,10 @@
-//! Writes a run's outputs beside goose's `report.html`: `summary.json` (the `Summary` as
-//! is), `summary.md` (the same for people), `latency-<endpoint>.svg` and `verdict.svg`.
+//! Writes a run's outputs beside goose's own report ([`GOOSE_REPORT`]): `summary.json` (the
+//! `Summary` as is), `summary.md` (the same for people), `latency-<endpoint>.svg`,
+//! `verdict.svg`, and `report.html` (`summary.md` with the charts inline, readable offline).
 //!
 //! Reads the summary and the raw records; decides nothing.
 
+mod html;
 mod svg;
 
 use std::fmt::Write as _;
@@ -13,7 +15,12 @@ use anyhow::Context;
 use crate::profile::{Endpoint, Profile};
 use crate::run::RunData;
 use crate::stats::quantile;
-use crate::verdict::{Decision, Summary};
+use crate::verdict::{CPU_UNIT, Comparison, Decision, Summary};
+
+/// Goose's own report in the output directory: Markdown, its per-request-name tables
+/// (`target:treatment`, ...) without goose's HTML report's charts, which load a script
+/// from the network.
+pub const GOOSE_REPORT: &str = "goose-report.md";
 
 pub fn write(
     out_dir: &Path,
@@ -29,15 +36,18 @@ pub fn write(
         "summary.json",
         &(serde_json::to_string_pretty(summary)? + "\n"),
     )?;
-    for endpoint in Endpoint::ALL {
-        put(
-            &format!("latency-{}.svg", endpoint.as_str()),
-            &latency_svg(profile, data, endpoint),
-        )?;
-    }
-    put(
-        "verdict.svg",
-        &svg::verdict_chart(
+    let mut charts: Vec<(String, String)> = Endpoint::ALL
+        .into_iter()
+        .map(|endpoint| {
+            (
+                format!("latency-{}.svg", endpoint.as_str()),
+                latency_svg(profile, data, endpoint),
+            )
+        })
+        .collect();
+    charts.push((
+        "verdict.svg".to_string(),
+        svg::verdict_chart(
             &format!(
                 "{}: {}",
                 profile.experiment,
@@ -45,8 +55,17 @@ pub fn write(
             ),
             &summary.comparisons,
         ),
-    )?;
-    put("summary.md", &markdown(summary))?;
+    ));
+    for (name, contents) in &charts {
+        put(name, contents)?;
+    }
+    // Goose's report used to be `report.html`; that name is now the harness's own page.
+    let md = markdown(summary).replace(
+        "[report.html](report.html)",
+        &format!("[{GOOSE_REPORT}]({GOOSE_REPORT})"),
+    );
+    put("summary.md", &md)?;
+    put("report.html", &html::page(&md, &charts))?;
     Ok(())
 }
 
@@ -106,42 +125,42 @@ fn flush_second(out: &mut PerSecond, second: Option<u64>, bucket: &mut Vec<f64>)
 }
 
 fn ms(v: f64) -> String {
-    if v.is_finite() {
-        format!("{v:.3}")
-    } else {
-        "-".to_string()
-    }
+    num(v, 3)
 }
 
 fn ratio(v: f64) -> String {
+    num(v, 3)
+}
+
+/// `v` with its sign, for differences.
+fn signed(v: f64, decimals: usize) -> String {
     if v.is_finite() {
-        format!("{v:.3}")
+        format!("{}{v:.decimals$}", if v >= 0.0 { "+" } else { "" })
     } else {
         "-".to_string()
     }
 }
 
-pub fn markdown(s: &Summary) -> String {
-    let mut md = String::new();
-    let outcome = s.verdict.outcome.as_str().to_uppercase();
-    let _ = writeln!(md, "# Harness verdict: {outcome}\n");
-    let _ = writeln!(
-        md,
-        "Profile `{}`, run `{}`, experiment `{}`, control `{}`; {:.1} s judged; family-wise alpha {} (Holm); bootstrap seed {}.\n",
-        s.profile, s.run_id, s.experiment, s.control, s.window_seconds, s.alpha, s.seed
-    );
-    for reason in &s.verdict.reasons {
-        let _ = writeln!(md, "- {reason}");
+fn num(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "-".to_string()
     }
-    let _ = writeln!(md, "\n![verdict](verdict.svg)\n");
+}
 
-    let _ = writeln!(md, "## Comparisons against `{}`\n", s.control);
+/// The comparison table shared by a run's summary and `harness compare`: absolute values
+/// beside every ratio, with the difference's interval at the same levels.
+pub fn comparison_table(md: &mut String, comparisons: &[Comparison], baseline: &str, value: &str) {
     let _ = writeln!(
         md,
-        "| endpoint | variant | percentile | control ms | variant ms | ratio | lower | upper | 1 + margin | decision |"
+        "| endpoint | variant | measure | unit | {baseline} | {value} | difference [lower, upper] | ratio | lower | upper | 1 + margin | decision |"
     );
-    let _ = writeln!(md, "|---|---|---|---:|---:|---:|---:|---:|---:|---|");
-    for c in &s.comparisons {
+    let _ = writeln!(
+        md,
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
+    for c in comparisons {
         let decision = match c.decision {
             Decision::Regression => "**regression**".to_string(),
             Decision::Pass => "pass".to_string(),
@@ -150,14 +169,22 @@ pub fn markdown(s: &Summary) -> String {
                 None => "inconclusive, run longer".to_string(),
             },
         };
+        let (decimals, unit) = if c.unit == CPU_UNIT {
+            (4, "CPU s / 1k req")
+        } else {
+            (3, "ms")
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {decision} |",
+            "| {} | {} | {} | {unit} | {} | {} | {} [{}, {}] | {} | {} | {} | {:.2} | {decision} |",
             c.endpoint,
             c.variant,
-            c.percentile,
-            ms(c.control_ms),
-            ms(c.variant_ms),
+            c.measure,
+            num(c.baseline, decimals),
+            num(c.value, decimals),
+            signed(c.difference, decimals),
+            signed(c.difference_lower, decimals),
+            signed(c.difference_upper, decimals),
             ratio(c.ratio),
             ratio(c.lower),
             ratio(c.upper),
@@ -166,23 +193,76 @@ pub fn markdown(s: &Summary) -> String {
     }
     let _ = writeln!(
         md,
-        "\nBounds are one-sided percentile-bootstrap bounds at the Holm-adjusted level of each comparison (lower: regression side, upper: pass side), from a circular block bootstrap over time.\n"
+        "\nBounds are one-sided percentile-bootstrap bounds at the Holm-adjusted level of each comparison (lower: regression side, upper: pass side), from a circular block bootstrap over time; the difference's bounds are taken at the same levels. CPU per request is CPU seconds over target requests between scrapes of each variant's deployment.\n"
     );
+}
+
+pub fn markdown(s: &Summary) -> String {
+    let mut md = String::new();
+    let outcome = s.verdict.outcome.as_str().to_uppercase();
+    let _ = writeln!(md, "# Harness verdict: {outcome}\n");
+    let _ = writeln!(
+        md,
+        "Profile `{}`, run `{}` started {} ({:.1} s), harness {}, gateway config `{}`; experiment `{}` (events as `{}`), control `{}`; {:.1} s judged; family-wise alpha {} (Holm); bootstrap seed {}.\n",
+        s.profile,
+        s.run_id,
+        s.started_at,
+        s.duration_seconds,
+        s.harness_version,
+        s.gateway_config_version.as_deref().unwrap_or("unknown"),
+        s.experiment,
+        s.events_key,
+        s.control,
+        s.window_seconds,
+        s.alpha,
+        s.seed
+    );
+    for reason in &s.verdict.reasons {
+        let _ = writeln!(md, "- {reason}");
+    }
+    let _ = writeln!(md, "\n![verdict](verdict.svg)\n");
+
+    let _ = writeln!(md, "## Comparisons against `{}`\n", s.control);
+    comparison_table(&mut md, &s.comparisons, "control", "variant");
+
+    if let Some(resources) = &s.resources {
+        let _ = writeln!(md, "## Resource use per variant\n");
+        let _ = writeln!(
+            md,
+            "| variant | metrics | CPU s per 1,000 requests | CPU cores | peak memory MiB | spans | requests | failed scrapes |"
+        );
+        let _ = writeln!(md, "|---|---|---:|---:|---:|---:|---:|---:|");
+        for r in resources {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.variant,
+                r.metrics_url,
+                num(r.cpu_s_per_1k_requests, 4),
+                num(r.cpu_cores, 3),
+                r.peak_memory_mib.map_or("-".to_string(), |m| num(m, 1)),
+                r.spans,
+                r.requests,
+                r.scrape_failures,
+            );
+        }
+        let _ = writeln!(md);
+    }
 
     let _ = writeln!(md, "## Latency per variant\n");
     let _ = writeln!(
         md,
-        "| endpoint | variant | requests | req/s | errors | error rate | mean ms | p50 ms | p90 ms | p99 ms | p99.9 ms | late |"
+        "| endpoint | variant | requests | req/s | errors | error rate | mean ms | p50 ms | p90 ms | p95 ms | p99 ms | p99.9 ms | late |"
     );
     let _ = writeln!(
         md,
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     );
     for e in &s.endpoints {
         for v in &e.variants {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {:.1} | {} | {:.2} % | {} | {} | {} | {} | {} | {:.1} % |",
+                "| {} | {} | {} | {:.1} | {} | {:.2} % | {} | {} | {} | {} | {} | {} | {:.1} % |",
                 e.endpoint,
                 v.variant,
                 v.requests,
@@ -192,6 +272,7 @@ pub fn markdown(s: &Summary) -> String {
                 ms(v.mean_ms),
                 ms(v.p50_ms),
                 ms(v.p90_ms),
+                ms(v.p95_ms),
                 ms(v.p99_ms),
                 ms(v.p999_ms),
                 v.late_share * 100.0,

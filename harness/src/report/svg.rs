@@ -294,11 +294,43 @@ fn legend<'a>(svg: &mut Svg, names: impl Iterator<Item = &'a str>, y: f64) {
     }
 }
 
+/// Font size of the SVGs' text (px), and a generous average glyph width for it: sizes text
+/// without a font to measure with.
+const FONT_PX: f64 = 12.0;
+const GLYPH_PX: f64 = 0.62 * FONT_PX;
+
+/// Width, in px, that `text` at least needs at the charts' font size.
+fn text_width(text: &str) -> f64 {
+    text.chars().count() as f64 * GLYPH_PX
+}
+
+/// Least distance (px) between the centres of two tick labels on the ratio axis.
+const MIN_TICK_GAP_PX: f64 = 45.0;
+const ROW_PX: f64 = 28.0;
+
+/// The forest plot's layout: the label column sized to its longest row label, then the
+/// log-ratio panel (at least `MIN_PANEL_W` wide; the chart grows wider rather than clip).
+fn verdict_panel(labels: &[String], lo: f64, hi: f64) -> (f64, Panel) {
+    const MIN_PANEL_W: f64 = 560.0;
+    const RIGHT: f64 = 60.0;
+    let label_w = labels.iter().map(|l| text_width(l)).fold(0.0, f64::max);
+    let x0 = (label_w + 30.0).max(120.0);
+    let w = (WIDTH - x0 - RIGHT).max(MIN_PANEL_W);
+    let rows = labels.len().max(1) as f64;
+    let pad = (hi - lo) * 0.05;
+    let panel = Panel {
+        x0,
+        y0: 40.0,
+        w,
+        h: rows * ROW_PX,
+        x_range: (lo - pad, hi + pad),
+        y_range: (0.0, rows),
+    };
+    (x0 + w + RIGHT, panel)
+}
+
 /// Forest plot: each comparison's ratio with its confidence bounds against `1 + margin`.
 pub fn verdict_chart(title: &str, comparisons: &[Comparison]) -> String {
-    let rows = comparisons.len().max(1) as f64;
-    let height = 90.0 + rows * 28.0;
-    let mut svg = Svg::new(WIDTH, height, title);
     let finite = |v: f64| v.is_finite().then_some(v);
     let values: Vec<f64> = comparisons
         .iter()
@@ -325,16 +357,20 @@ pub fn verdict_chart(title: &str, comparisons: &[Comparison]) -> String {
         .fold(1.0_f64, f64::max)
         .max(1.05)
         .ln();
-    let pad = (hi - lo) * 0.05;
-    let panel = Panel {
-        x0: 300.0,
-        y0: 40.0,
-        w: 640.0,
-        h: rows * 28.0,
-        x_range: (lo - pad, hi + pad),
-        y_range: (0.0, rows),
-    };
-    for t in ratio_ticks(lo.exp(), hi.exp()) {
+    let labels: Vec<String> = comparisons
+        .iter()
+        .map(|c| {
+            let decision = match c.decision {
+                Decision::Regression => "regression",
+                Decision::Pass => "pass",
+                Decision::Inconclusive => "inconclusive",
+            };
+            format!("{} {} {}: {decision}", c.variant, c.endpoint, c.measure)
+        })
+        .collect();
+    let (width, panel) = verdict_panel(&labels, lo, hi);
+    let mut svg = Svg::new(width, 90.0 + panel.h, title);
+    for t in ratio_ticks(&panel) {
         let x = panel.x(t.ln());
         svg.line(x, panel.y0, x, panel.y0 + panel.h, r##"stroke="#e5e5e5""##);
         svg.text(x, panel.y0 + panel.h + 16.0, "middle", &format!("{t}"));
@@ -353,24 +389,14 @@ pub fn verdict_chart(title: &str, comparisons: &[Comparison]) -> String {
         panel.y0 + panel.h,
         r##"stroke="#333" stroke-dasharray="2,2""##,
     );
-    for (i, c) in comparisons.iter().enumerate() {
-        let y = panel.y0 + (i as f64 + 0.5) * 28.0;
+    for (i, (c, label)) in comparisons.iter().zip(&labels).enumerate() {
+        let y = panel.y0 + (i as f64 + 0.5) * ROW_PX;
         let color = match c.decision {
             Decision::Regression => "#c44e52",
             Decision::Pass => "#55a868",
             Decision::Inconclusive => "#999999",
         };
-        let decision = match c.decision {
-            Decision::Regression => "regression",
-            Decision::Pass => "pass",
-            Decision::Inconclusive => "inconclusive",
-        };
-        svg.text(
-            panel.x0 - 10.0,
-            y + 4.0,
-            "end",
-            &format!("{} {} {}: {decision}", c.variant, c.endpoint, c.percentile),
-        );
+        svg.text(panel.x0 - 10.0, y + 4.0, "end", label);
         let t = panel.x(c.threshold.ln());
         svg.line(
             t,
@@ -400,25 +426,44 @@ pub fn verdict_chart(title: &str, comparisons: &[Comparison]) -> String {
     svg.finish()
 }
 
-/// Ratio ticks for a log axis: round numbers, dense near 1 where margins live.
-fn ratio_ticks(lo: f64, hi: f64) -> Vec<f64> {
-    const CANDIDATES: [f64; 19] = [
-        0.5, 0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.2, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0,
-        200.0, 500.0, 1000.0,
-    ];
-    let inside: Vec<f64> = CANDIDATES
-        .iter()
-        .copied()
-        .filter(|t| *t >= lo && *t <= hi)
-        .collect();
-    // Keep at most ~9 ticks, always keeping 1.0.
-    let step = inside.len().div_ceil(9).max(1);
-    inside
-        .iter()
-        .enumerate()
-        .filter(|(i, t)| i % step == 0 || **t == 1.0)
-        .map(|(_, t)| *t)
-        .collect()
+/// Ratio ticks for the log axis of `panel` (whose x is the natural log of the ratio):
+/// candidates are taken roundest first (1, powers of ten, 2, 5 and 3 times them, then the
+/// steps near 1 where margins live), each kept only if its label centre is at least
+/// `MIN_TICK_GAP_PX` from every label already kept, so 1.0 is always there.
+fn ratio_ticks(panel: &Panel) -> Vec<f64> {
+    let (lo, hi) = (panel.x_range.0.exp(), panel.x_range.1.exp());
+    // 1, then m * 10^k for each m (the axis is clamped to 1e-3 ..= 1e3), then the steps near 1.
+    const TIMES_TEN: [f64; 4] = [1.0, 2.0, 5.0, 3.0];
+    const NEAR_ONE: [f64; 7] = [1.5, 1.2, 0.8, 1.1, 0.9, 1.05, 0.95];
+    let mut candidates = vec![1.0];
+    for m in TIMES_TEN {
+        for k in -3..=3 {
+            let t = round_tick(m * 10f64.powi(k));
+            if !candidates.contains(&t) {
+                candidates.push(t);
+            }
+        }
+    }
+    candidates.extend(NEAR_ONE);
+    let mut kept: Vec<f64> = Vec::new();
+    for t in candidates {
+        let x = panel.x(t.ln());
+        let inside = t >= lo && t <= hi;
+        if inside
+            && kept
+                .iter()
+                .all(|k| (panel.x(k.ln()) - x).abs() >= MIN_TICK_GAP_PX)
+        {
+            kept.push(t);
+        }
+    }
+    kept.sort_by(f64::total_cmp);
+    kept
+}
+
+/// `v` without the float noise of `m * 10^k` (0.30000000000000004 -> 0.3).
+fn round_tick(v: f64) -> f64 {
+    format!("{v:.6}").parse().unwrap_or(v)
 }
 
 #[cfg(test)]
@@ -434,11 +479,77 @@ mod tests {
         assert_eq!(ticks(1.0, 1.0, 4), vec![1.0]);
     }
 
+    /// The panel `verdict_chart` draws for ratios spanning `[lo, hi]`, with `labels`.
+    fn ratio_panel(lo: f64, hi: f64, labels: &[&str]) -> (f64, Panel) {
+        let labels: Vec<String> = labels.iter().map(|l| l.to_string()).collect();
+        verdict_panel(&labels, lo.ln(), hi.ln())
+    }
+
     #[test]
-    fn ratio_ticks_keep_one() {
-        assert_eq!(ratio_ticks(0.95, 1.1), vec![0.95, 1.0, 1.05, 1.1]);
-        let wide = ratio_ticks(0.9, 12.0);
-        assert!(wide.contains(&1.0) && wide.len() <= 10, "{wide:?}");
+    fn ratio_tick_labels_never_crowd() {
+        let labels = ["treatment target p50: regression"];
+        for (lo, hi) in [
+            (0.9, 12.0),
+            (0.95, 40.0),
+            (0.5, 1.2),
+            (0.95, 1.1),
+            (0.001, 1000.0),
+            (0.2, 1.05),
+            (0.95, 1.05),
+        ] {
+            let (_, panel) = ratio_panel(lo, hi, &labels);
+            let ticks = ratio_ticks(&panel);
+            assert!(ticks.contains(&1.0), "({lo}, {hi}): {ticks:?}");
+            assert!(ticks.len() >= 3, "({lo}, {hi}): {ticks:?}");
+            for pair in ticks.windows(2) {
+                let gap = panel.x(pair[1].ln()) - panel.x(pair[0].ln());
+                assert!(
+                    gap >= MIN_TICK_GAP_PX,
+                    "({lo}, {hi}): {} and {} are {gap:.1} px apart in {ticks:?}",
+                    pair[0],
+                    pair[1]
+                );
+            }
+            for t in &ticks {
+                let x = panel.x(t.ln());
+                assert!(
+                    x >= panel.x0 && x <= panel.x0 + panel.w,
+                    "{t} off the panel"
+                );
+                assert_eq!(format!("{t}"), format!("{}", round_tick(*t)));
+            }
+        }
+        // Near 1 the margins' own steps are there; on a wide axis the round ones win.
+        let (_, narrow) = ratio_panel(0.95, 1.1, &labels);
+        assert_eq!(ratio_ticks(&narrow), vec![0.95, 1.0, 1.05, 1.1]);
+        let (_, wide) = ratio_panel(0.9, 12.0, &labels);
+        let wide = ratio_ticks(&wide);
+        assert!(wide.contains(&2.0) && wide.contains(&10.0), "{wide:?}");
+    }
+
+    #[test]
+    fn long_row_labels_stay_on_the_chart() {
+        let long = "a-very-long-variant-name-indeed events cpu_seconds_per_request: inconclusive";
+        for labels in [
+            &["treatment target p50: pass"][..],
+            &[long, "b target cpu: pass"],
+        ] {
+            let (width, panel) = ratio_panel(0.9, 1.2, labels);
+            for l in labels {
+                // Right-aligned 10 px left of the panel: its start must be inside the SVG.
+                assert!(
+                    panel.x0 - 10.0 - text_width(l) >= 0.0,
+                    "{l} runs off the left"
+                );
+            }
+            assert!(
+                panel.w >= 560.0 && width >= panel.x0 + panel.w,
+                "{width} {}",
+                panel.w
+            );
+        }
+        let (width, _) = ratio_panel(0.9, 1.2, &["treatment target p50: pass"]);
+        assert_eq!(width, WIDTH, "short labels keep the usual width");
     }
 
     #[test]

@@ -10,8 +10,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
+use super::scrape::Scrape;
 use crate::profile::Endpoint;
 
 /// Variant index used for requests made before a variant was known (a failed assign).
@@ -47,7 +48,7 @@ impl Record {
 }
 
 /// Counters for the events the users posted to the gateway.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EventCounts {
     /// Events sent, a batch the gateway shed and that was sent again counting twice.
     pub posted: u64,
@@ -58,10 +59,22 @@ pub struct EventCounts {
     pub dropped: u64,
 }
 
+/// When and against what a run was made, for the reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RunInfo {
+    /// Start of the load, RFC 3339 UTC.
+    pub started_at: String,
+    /// Wall-clock length of the load, ramp and drain included.
+    pub duration_seconds: f64,
+    /// The gateway's experiments-config version, from its pre-flight assign answer.
+    pub gateway_config_version: Option<String>,
+}
+
 /// Everything a finished run leaves for the verdict and the report.
 #[derive(Debug, Clone)]
 pub struct RunData {
     pub run_id: String,
+    pub info: RunInfo,
     pub records: Vec<Record>,
     /// Units (unit ids) that the gateway put in the experiment, per variant index.
     pub units: Vec<u64>,
@@ -80,6 +93,11 @@ pub struct RunData {
     /// CPU the harness process used during the run, as a share of one core (1.0 = 100 %).
     pub client_cpu_cores: Option<f64>,
     pub events: EventCounts,
+    /// Readings of each variant's deployment metrics, whole run, in time order (empty
+    /// without a `[resources]` section).
+    pub scrapes: Vec<Scrape>,
+    /// Scrapes that failed, per variant.
+    pub scrape_failures: Vec<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -88,6 +106,7 @@ struct Inner {
     user_started_us: Vec<u64>,
     user_stopped_us: Vec<u64>,
     probe: Vec<(u64, u64)>,
+    scrapes: Vec<Scrape>,
 }
 
 #[derive(Debug)]
@@ -96,6 +115,7 @@ pub struct Collector {
     units: Vec<AtomicU64>,
     executed: Vec<AtomicU64>,
     backlog: Vec<AtomicU64>,
+    scrape_failures: Vec<AtomicU64>,
     excluded_units: AtomicU64,
     posted: AtomicU64,
     accepted: AtomicU64,
@@ -119,6 +139,7 @@ impl Collector {
             units: counters(variants),
             executed: counters(variants),
             backlog: counters(variants),
+            scrape_failures: counters(variants),
             excluded_units: AtomicU64::new(0),
             posted: AtomicU64::new(0),
             accepted: AtomicU64::new(0),
@@ -170,6 +191,14 @@ impl Collector {
             .push((at.as_micros() as u64, lag.as_micros() as u64));
     }
 
+    pub fn scraped(&self, scrape: Scrape) {
+        self.lock().scrapes.push(scrape);
+    }
+
+    pub fn scrape_failed(&self, variant: usize) {
+        self.scrape_failures[variant].fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn events_posted(&self, n: u64) {
         self.posted.fetch_add(n, Ordering::Relaxed);
     }
@@ -217,8 +246,11 @@ impl Collector {
             .filter(|(at, _)| *at >= window_us.0 && *at < window_us.1)
             .map(|(_, lag)| *lag)
             .collect();
+        let mut scrapes = std::mem::take(&mut inner.scrapes);
+        scrapes.sort_by_key(|s| s.at_us);
         RunData {
             run_id,
+            info: RunInfo::default(),
             records,
             units: load(&self.units),
             excluded_units: self.excluded_units.load(Ordering::Relaxed),
@@ -235,6 +267,8 @@ impl Collector {
                 rejected: self.rejected.load(Ordering::Relaxed),
                 dropped: self.dropped.load(Ordering::Relaxed),
             },
+            scrapes,
+            scrape_failures: load(&self.scrape_failures),
         }
     }
 }

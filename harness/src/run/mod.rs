@@ -5,6 +5,7 @@
 //! whether the load generator itself was saturated; the judgement is left to `verdict`.
 
 mod collect;
+mod scrape;
 mod user;
 
 use std::path::Path;
@@ -17,7 +18,8 @@ use goose::config::GooseConfiguration;
 use goose::prelude::*;
 use rand::Rng;
 
-pub use collect::{EventCounts, NO_VARIANT, Record, RunData};
+pub use collect::{Collector, EventCounts, NO_VARIANT, Record, RunData, RunInfo};
+pub use scrape::{Scrape, ScrapeError};
 
 use crate::profile::{Method, Profile, Shape, VariantIn};
 use crate::report;
@@ -32,10 +34,12 @@ pub struct Finished {
 
 /// Runs the profile and writes every output into `out_dir`.
 pub async fn run(profile: Profile, out_dir: &Path) -> anyhow::Result<Finished> {
+    profile.check_resources()?;
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("cannot create output directory {}", out_dir.display()))?;
     let run_id = format!("h{:08x}", rand::rng().random::<u32>());
-    preflight(&profile, &run_id).await?;
+    let config_version = preflight(&profile, &run_id).await?;
+    let started_at = chrono::Utc::now();
 
     let seed = profile.verdict.seed.unwrap_or_else(|| rand::rng().random());
     let staged = matches!(profile.load.shape, Shape::Stages(_));
@@ -49,6 +53,10 @@ pub async fn run(profile: Profile, out_dir: &Path) -> anyhow::Result<Finished> {
     );
 
     let probe = Probe::spawn(shared.clone(), profile.load.shape.total());
+    let scraper = profile
+        .resources
+        .clone()
+        .map(|r| scrape::Scraper::spawn(shared.clone(), r));
     let cpu_before = cpu_seconds();
     let wall_before = Instant::now();
     let attack = build_attack(&profile, shared.clone(), out_dir)?;
@@ -58,11 +66,20 @@ pub async fn run(profile: Profile, out_dir: &Path) -> anyhow::Result<Finished> {
         _ => None,
     };
     probe.stop().await;
+    if let Some(scraper) = scraper {
+        scraper.stop().await;
+    }
     goose_result.context("goose load test failed")?;
 
-    let data = shared.collector.finish(run_id, staged, offered_rps, cpu);
+    let mut data = shared.collector.finish(run_id, staged, offered_rps, cpu);
+    data.info = RunInfo {
+        started_at: started_at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        duration_seconds: wall_before.elapsed().as_secs_f64(),
+        gateway_config_version: config_version,
+    };
     let summary = verdict::judge(&profile, &data, seed);
     report::write(out_dir, &profile, &summary, &data)?;
+    crate::samples::write(out_dir, &profile, &data)?;
     let exit_code = summary.verdict.outcome.exit_code();
     Ok(Finished { summary, exit_code })
 }
@@ -72,11 +89,11 @@ fn build_attack(
     shared: Arc<user::Shared>,
     out_dir: &Path,
 ) -> anyhow::Result<GooseAttack> {
-    let report = out_dir.join("report.html");
+    let report = out_dir.join(report::GOOSE_REPORT);
     let timeout = format!("{:.3}", profile.target.timeout.as_secs_f64());
     let attack = GooseAttack::initialize_with_config(GooseConfiguration::default())?
         .register_scenario(user::scenario(shared))
-        .set_default(GooseDefault::Host, profile.target.url.as_str())?
+        .set_default(GooseDefault::Host, profile.target.urls[0].as_str())?
         .set_default(GooseDefault::ReportFile, report.to_string_lossy().as_ref())?
         .set_default(GooseDefault::Timeout, timeout.as_str())?
         // Latency is measured from each request's due time instead (see `user`).
@@ -114,28 +131,49 @@ fn build_attack(
     Ok(*attack)
 }
 
-/// Fails early, with a message a person can act on, when the gateway or the target is not
-/// there or the gateway does not know the experiment: otherwise the run would be a
-/// minute of errors followed by an "invalid" verdict.
-async fn preflight(profile: &Profile, run_id: &str) -> anyhow::Result<()> {
+/// How long pre-flight waits for a gateway or target that refuses connections (one that
+/// is still starting, as in the README's commands) before giving up.
+const PREFLIGHT_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Sends `request` until it gets an answer, retrying refused connections for
+/// `PREFLIGHT_PATIENCE`; any answer (even an error status) ends the wait.
+async fn patiently(request: reqwest::RequestBuilder) -> Result<reqwest::Response, reqwest::Error> {
+    let deadline = Instant::now() + PREFLIGHT_PATIENCE;
+    loop {
+        let attempt = request
+            .try_clone()
+            .expect("pre-flight bodies are in memory")
+            .send()
+            .await;
+        match attempt {
+            Err(e) if e.is_connect() && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Fails early, with a message a person can act on, when the gateway or a variant's
+/// deployment is not there, the gateway does not know the experiment, or a deployment's
+/// metrics cannot be read: otherwise the run would be a minute of errors followed by an
+/// "invalid" verdict. Returns the gateway's `config_version`.
+async fn preflight(profile: &Profile, run_id: &str) -> anyhow::Result<Option<String>> {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()?;
     let url = format!("{}/v1/assign", profile.gateway_url);
-    let answer: serde_json::Value = client
-        .post(&url)
-        .json(&serde_json::json!({
-            "user_id": format!("{run_id}-preflight"),
-            "experiments": [profile.experiment],
-        }))
-        .send()
-        .await
-        .with_context(|| format!("gateway not reachable at {url}"))?
-        .error_for_status()
-        .with_context(|| format!("gateway refused POST {url}"))?
-        .json()
-        .await
-        .with_context(|| format!("gateway answer to POST {url} is not JSON"))?;
+    let answer: serde_json::Value = patiently(client.post(&url).json(&serde_json::json!({
+        "user_id": format!("{run_id}-preflight"),
+        "experiments": [profile.experiment],
+    })))
+    .await
+    .with_context(|| format!("gateway not reachable at {url}"))?
+    .error_for_status()
+    .with_context(|| format!("gateway refused POST {url}"))?
+    .json()
+    .await
+    .with_context(|| format!("gateway answer to POST {url} is not JSON"))?;
     let known = answer["assignments"].as_array().is_some_and(|a| {
         a.iter()
             .any(|x| x["experiment"] == profile.experiment.as_str())
@@ -147,38 +185,51 @@ async fn preflight(profile: &Profile, run_id: &str) -> anyhow::Result<()> {
             profile.experiment
         );
     }
+    let config_version = answer["config_version"].as_str().map(str::to_string);
     let target = &profile.target;
-    let control = profile.control();
     let method = match target.method {
         Method::Get => reqwest::Method::GET,
         Method::Post => reqwest::Method::POST,
     };
-    let path = match target.variant_in {
-        VariantIn::Path => target.path.replace("{variant}", control),
-        VariantIn::Query => format!("{}?{}={control}", target.path, target.variant_key),
-        VariantIn::Header => target.path.clone(),
-    };
-    let mut request = client.request(method, format!("{}{path}", target.url));
-    if target.variant_in == VariantIn::Header {
-        request = request.header(target.variant_key.as_str(), control);
-    }
-    if let Some(body) = &target.body {
-        request = request
-            .header("content-type", "application/json")
-            .body(body.clone());
-    }
-    let response = request
-        .send()
-        .await
-        .with_context(|| format!("target not reachable at {}", target.url))?;
-    if !response.status().is_success() {
-        bail!(
-            "target answered {} to {} for variant `{control}`",
-            response.status(),
-            target.path
+    for (v, variant) in profile.variants.iter().enumerate() {
+        let base = &target.urls[v];
+        let mut request = client.request(
+            method.clone(),
+            format!("{base}{}", target.path_for(variant)),
         );
+        if target.variant_in == VariantIn::Header {
+            request = request.header(target.variant_key.as_str(), variant.as_str());
+        }
+        if let Some(body) = &target.body {
+            request = request
+                .header("content-type", "application/json")
+                .body(body.clone());
+        }
+        let response = patiently(request)
+            .await
+            .with_context(|| format!("target for `{variant}` not reachable at {base}"))?;
+        if !response.status().is_success() {
+            bail!(
+                "target at {base} answered {} to {} for variant `{variant}`",
+                response.status(),
+                target.path
+            );
+        }
     }
-    Ok(())
+    if let Some(resources) = &profile.resources {
+        for (variant, url) in profile.variants.iter().zip(&resources.metrics_urls) {
+            let (_, memory) = scrape::read(&client, url, resources)
+                .await
+                .with_context(|| format!("cannot measure the resources of `{variant}`"))?;
+            if memory.is_none() {
+                eprintln!(
+                    "harness: {url} has no `{}`: peak memory of `{variant}` will not be reported",
+                    resources.memory
+                );
+            }
+        }
+    }
+    Ok(config_version)
 }
 
 /// How often the event-loop probe wakes up.

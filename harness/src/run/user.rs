@@ -223,7 +223,7 @@ fn finish_unit(shared: &Shared, state: &mut UserState, unit: &Unit) {
                 "user_id": unit.id,
                 "name": events.conversion_name,
                 "value": events.conversion_value,
-                "experiment": shared.profile.experiment,
+                "experiment": shared.profile.events_key,
                 "variant": shared.profile.variants[unit.variant],
                 "synthetic": true,
             }),
@@ -250,6 +250,8 @@ async fn flush_due(
 
 #[derive(Debug, Deserialize)]
 struct AssignResponse {
+    #[serde(default)]
+    config_version: Option<String>,
     assignments: Vec<Assignment>,
 }
 
@@ -304,6 +306,7 @@ async fn new_unit(
             }
             Err(e) => (None, Err(e.to_string())),
         };
+        let config_version = parsed.as_ref().ok().and_then(|a| a.config_version.clone());
         let variant = parsed.as_ref().ok().and_then(|a| {
             let found = a
                 .assignments
@@ -337,19 +340,20 @@ async fn new_unit(
             continue;
         };
         shared.collector.unit_assigned(variant);
-        state.queue(
-            variant,
-            json!({
-                "event_id": format!("{id}-a"),
-                "type": "assignment",
-                "ts": epoch_ms(),
-                "user_id": id,
-                "experiment": profile.experiment,
-                "variant": profile.variants[variant],
-                // Load-test traffic: readouts of the lake leave it out.
-                "synthetic": true,
-            }),
-        );
+        let mut event = json!({
+            "event_id": format!("{id}-a"),
+            "type": "assignment",
+            "ts": epoch_ms(),
+            "user_id": id,
+            "experiment": profile.events_key,
+            "variant": profile.variants[variant],
+            // Load-test traffic: readouts of the lake leave it out.
+            "synthetic": true,
+        });
+        if let Some(version) = config_version {
+            event["config_version"] = Value::String(version);
+        }
+        state.queue(variant, event);
         return Ok(Some(Unit {
             id,
             variant,
@@ -368,16 +372,13 @@ async fn target_request(
 ) -> TransactionResult {
     let target = &shared.profile.target;
     let variant_name = &shared.profile.variants[variant];
-    let path = match target.variant_in {
-        VariantIn::Path => target.path.replace("{variant}", variant_name),
-        VariantIn::Query => format!("{}?{}={variant_name}", target.path, target.variant_key),
-        VariantIn::Header => target.path.clone(),
-    };
+    // Absolute, so each variant reaches its own deployment (goose keeps absolute URLs).
+    let url = format!("{}{}", target.urls[variant], target.path_for(variant_name));
     let method = match target.method {
         Method::Get => GooseMethod::Get,
         Method::Post => GooseMethod::Post,
     };
-    let mut builder = user.get_request_builder(&method, &path)?;
+    let mut builder = user.get_request_builder(&method, &url)?;
     if target.variant_in == VariantIn::Header {
         builder = builder.header(target.variant_key.as_str(), variant_name.as_str());
     }

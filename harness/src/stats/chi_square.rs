@@ -6,7 +6,7 @@
 //! far more than a p-value compared against 0.001 needs, and avoids a dependency.
 
 /// Result of a chi-square goodness-of-fit test.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ChiSquare {
     pub statistic: f64,
     pub df: usize,

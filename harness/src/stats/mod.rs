@@ -7,7 +7,10 @@
 mod bootstrap;
 mod chi_square;
 
-pub use bootstrap::{Obs, RatioReplicates, bootstrap_quantile_ratios};
+pub use bootstrap::{
+    Obs, RateObs, RateReplicates, RatioReplicates, Stratum, bootstrap_quantile_ratios,
+    bootstrap_quantile_ratios_stratified, bootstrap_rate_ratios,
+};
 pub use chi_square::{ChiSquare, chi_square_gof, chi_square_sf};
 
 /// Nearest-rank quantile (the smallest value with at least `q` of the data at or below it).

@@ -60,7 +60,158 @@ fn run_data(n: usize, slowdown: f64, seed: u64) -> RunData {
         probe_lag_us: vec![300; 100],
         client_cpu_cores: Some(0.2),
         events: EventCounts::default(),
+        info: Default::default(),
+        scrapes: Vec::new(),
+        scrape_failures: vec![0; 2],
     }
+}
+
+const RESOURCES: &str = "[resources]\ncpu_margin = 0.10\n";
+
+fn profile_with_resources() -> Profile {
+    let text = PROFILE.replace(
+        "[target]\n    url = \"http://127.0.0.1:2\"",
+        "[target]\n    url = \"http://127.0.0.1:2\"\n    urls = { treatment = \"http://127.0.0.1:3\" }",
+    );
+    Profile::parse(&format!("{text}\n{RESOURCES}"), "test").unwrap()
+}
+
+/// Adds a scrape of each variant every 250 ms: its CPU counter grows by `cost[v]` seconds
+/// per request finished so far, plus an idle 2 ms/s and noise of a few per cent.
+fn with_scrapes(mut data: RunData, cost: [f64; 2], seed: u64) -> RunData {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let end = data.window_us.1;
+    for v in 0..2u16 {
+        let mut done: Vec<u64> = data
+            .records
+            .iter()
+            .filter(|r| r.variant == v)
+            .map(|r| r.at_us + r.intended_latency_us())
+            .collect();
+        done.sort_unstable();
+        let mut cpu = 0.0;
+        let mut last = (0u64, 0usize);
+        for at_us in (0..=end).step_by(250_000) {
+            let finished = done.partition_point(|&t| t < at_us);
+            let noise = 1.0 + 0.05 * (rng.random::<f64>() - 0.5);
+            cpu += ((finished - last.1) as f64 * cost[v as usize]
+                + 0.002 * (at_us - last.0) as f64 / 1e6)
+                * noise;
+            last = (at_us, finished);
+            data.scrapes.push(crate::run::Scrape {
+                variant: v,
+                at_us,
+                cpu_seconds: cpu,
+                memory_bytes: Some(50e6 + v as f64 * 10e6),
+            });
+        }
+    }
+    data.scrapes.sort_by_key(|s| s.at_us);
+    data
+}
+
+#[test]
+fn a_costlier_variant_is_a_cpu_regression_naming_it() {
+    let data = with_scrapes(run_data(6_000, 1.0, 11), [50e-6, 250e-6], 1);
+    let s = judge(&profile_with_resources(), &data, 9);
+    assert_eq!(
+        s.verdict.outcome,
+        Outcome::Regression,
+        "{:?}",
+        s.verdict.reasons
+    );
+    assert_eq!(
+        s.verdict.regressions.len(),
+        1,
+        "{:?}",
+        s.verdict.regressions
+    );
+    let finding = &s.verdict.regressions[0];
+    assert_eq!(
+        (finding.variant.as_str(), finding.measure.as_str()),
+        ("treatment", CPU_MEASURE)
+    );
+    let cpu = s
+        .comparisons
+        .iter()
+        .find(|c| c.measure == CPU_MEASURE)
+        .unwrap();
+    assert_eq!(cpu.unit, CPU_UNIT);
+    // 0.05 and 0.25 CPU s per 1,000 requests, plus the idle share.
+    assert!((cpu.baseline - 0.057).abs() < 0.01, "{cpu:?}");
+    assert!((cpu.value - 0.257).abs() < 0.02, "{cpu:?}");
+    assert!(
+        cpu.difference_lower > 0.15 && cpu.difference_lower <= cpu.difference,
+        "{cpu:?}"
+    );
+    let resources = s.resources.as_ref().unwrap();
+    assert_eq!(resources[1].peak_memory_mib.map(|m| m.round()), Some(57.0));
+    assert!(resources[0].spans >= 35, "{resources:?}");
+    assert!(
+        s.verdict
+            .reasons
+            .iter()
+            .any(|r| r.contains("CPU per request"))
+    );
+}
+
+#[test]
+fn equal_cpu_per_request_passes() {
+    let data = with_scrapes(run_data(20_000, 1.0, 2), [50e-6, 50e-6], 2);
+    let s = judge(&profile_with_resources(), &data, 9);
+    assert_eq!(s.verdict.outcome, Outcome::Pass, "{:?}", s.verdict.reasons);
+    let cpu = s
+        .comparisons
+        .iter()
+        .find(|c| c.measure == CPU_MEASURE)
+        .unwrap();
+    assert_eq!(cpu.decision, Decision::Pass, "{cpu:?}");
+    assert!(cpu.lower <= cpu.ratio && cpu.ratio <= cpu.upper);
+}
+
+#[test]
+fn missing_scrapes_leave_cpu_inconclusive_not_passed() {
+    let mut data = with_scrapes(run_data(20_000, 1.0, 2), [50e-6, 50e-6], 2);
+    data.scrapes
+        .retain(|s| s.variant == 0 || s.at_us < 1_000_000);
+    let s = judge(&profile_with_resources(), &data, 9);
+    assert_eq!(
+        s.verdict.outcome,
+        Outcome::Inconclusive,
+        "{:?}",
+        s.verdict.reasons
+    );
+    let cpu = s
+        .comparisons
+        .iter()
+        .find(|c| c.measure == CPU_MEASURE)
+        .unwrap();
+    assert!(
+        cpu.note
+            .as_deref()
+            .unwrap()
+            .contains("too few metric scrapes")
+    );
+}
+
+#[test]
+fn latency_comparisons_carry_absolute_numbers() {
+    let s = judge(&profile(), &run_data(6_000, 1.5, 1), 9);
+    let p50 = &s.comparisons[0];
+    assert_eq!((p50.measure.as_str(), p50.unit.as_str()), ("p50", "ms"));
+    // Control around 1 ms, treatment 1.5 times that.
+    assert!((p50.baseline - 1.0).abs() < 0.05, "{p50:?}");
+    assert!((p50.difference - (p50.value - p50.baseline)).abs() < 1e-9);
+    assert!(p50.difference_lower > 0.3 && p50.difference_lower < p50.difference);
+    assert!(p50.difference_upper > p50.difference);
+    assert!(
+        s.verdict.reasons[0].contains(" ms against "),
+        "{:?}",
+        s.verdict.reasons
+    );
+    let target = &s.endpoints[1];
+    let v = &target.variants[1];
+    assert!(v.p90_ms <= v.p95_ms && v.p95_ms <= v.p99_ms, "{v:?}");
 }
 
 fn profile() -> Profile {
@@ -110,11 +261,7 @@ fn little_data_is_inconclusive_not_a_pass() {
         "{:?}",
         s.verdict.reasons
     );
-    let p99 = s
-        .comparisons
-        .iter()
-        .find(|c| c.percentile == "p99")
-        .unwrap();
+    let p99 = s.comparisons.iter().find(|c| c.measure == "p99").unwrap();
     assert!(p99.note.as_deref().unwrap().contains("too few requests"));
     assert_eq!(s.verdict.outcome.exit_code(), 2);
 }
