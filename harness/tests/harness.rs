@@ -147,7 +147,7 @@ async fn five_ms_on_treatment_is_a_regression_naming_treatment() {
     // The harness's own page: the verdict, the comparison table and the charts inline.
     let report = std::fs::read_to_string(out.join("report.html")).unwrap();
     assert!(report.contains("REGRESSION</h1>"), "{report}");
-    assert!(report.contains("<th>ratio</th>") && report.contains("<td>treatment</td>"));
+    assert!(report.contains(">ratio</th>") && report.contains("<td>treatment</td>"));
     assert!(
         report.matches("<svg").count() >= 4,
         "verdict and 3 latency charts"

@@ -5,7 +5,9 @@
 
 Chromium opens the page as a file:// URL with every connection sent to a proxy on loopback
 that records each request it gets (CONNECT included) and answers 502, loopback itself not
-exempt (`<-loopback>`). The page must cause no request at all, and the screenshot Chromium
+exempt (`<-loopback>`), and Chromium's own background traffic switched off (see
+`screenshot`), so that a request the proxy sees is one the page made. The page must cause
+none at all, and the screenshot Chromium
 takes must show the charts: pixels of the colours the harness's SVGs draw with (the variant
 palette and the decision colours of svg.rs). Standard library only; exits non-zero with a
 message on any failure and prints `N passed, 0 failed` when all checks pass.
@@ -14,7 +16,6 @@ message on any failure and prints `N passed, 0 failed` when all checks pass.
 import argparse
 import os
 import shutil
-import socket
 import socketserver
 import struct
 import subprocess
@@ -194,7 +195,7 @@ def colour_counts(rows, channels, colours):
     """Pixels within TOLERANCE of each colour, and pixels that are not near-white."""
     targets = [rgb(c) for c in colours]
     counts = dict.fromkeys(colours, 0)
-    # Quantise to cut the work: count distinct pixels once.
+    # A histogram first: a screenshot has few distinct colours, so each is compared once.
     histogram = {}
     for row in rows:
         for i in range(0, len(row), channels):
