@@ -7,9 +7,8 @@ Chromium opens the page as a file:// URL with every connection sent to a proxy o
 that records each request it gets (CONNECT included) and answers 502, loopback itself not
 exempt (`<-loopback>`), and Chromium's own background traffic switched off (see
 `screenshot`), so that a request the proxy sees is one the page made. The page must cause
-none at all, and the screenshot Chromium
-takes must show the charts: pixels of the colours the harness's SVGs draw with (the variant
-palette and the decision colours of svg.rs). Standard library only; exits non-zero with a
+none at all, and the screenshot Chromium takes must show the charts: pixels of the colours
+the harness's SVGs draw with (the variant palette and the decision colours of svg.rs). Standard library only; exits non-zero with a
 message on any failure and prints `N passed, 0 failed` when all checks pass.
 """
 
